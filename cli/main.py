@@ -1,0 +1,30 @@
+"""Entry point of the ``numbaconv`` console script.
+
+Each command lives in its own module under ``commands/`` and registers itself
+with ``register(app)``; this file only lists them.
+"""
+import typer
+
+from .commands import gradcheck
+
+app = typer.Typer(
+    name="numbaconv",
+    help="A hand-written CNN library for CIFAR-10: reference, Numba CPU and CUDA backends.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+
+@app.callback()
+def main() -> None:
+    """numbaconv: build, check, benchmark and train convnets on CIFAR-10."""
+
+
+for module in (gradcheck,):
+    module.register(app)
+
+
+if __name__ == "__main__":
+    app()

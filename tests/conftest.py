@@ -1,0 +1,40 @@
+"""Shared fixtures. The conformance suite is written once and runs for every
+backend in BACKENDS: a new backend joins by adding its name there.
+
+The cuda backend runs under the Numba CUDA simulator unless the caller set
+NUMBA_ENABLE_CUDASIM explicitly (benchmarks/gpu_check.sh sets it to 0 on a GPU
+machine). The variable must be set before numba is first imported, hence here.
+"""
+import os
+
+os.environ.setdefault("NUMBA_ENABLE_CUDASIM", "1")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+from numbaconv import get_backend  # noqa: E402
+
+# Backends under test; "reference" is the oracle the others are compared with.
+BACKENDS = ["reference"]
+FAST_BACKENDS = [b for b in BACKENDS if b != "reference"]
+
+
+@pytest.fixture(params=BACKENDS)
+def backend_name(request):
+    return request.param
+
+
+@pytest.fixture
+def nb(backend_name):
+    """The backend module under test."""
+    return get_backend(backend_name)
+
+
+@pytest.fixture
+def ref():
+    return get_backend("reference")
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(1234)
