@@ -1,0 +1,129 @@
+"""Our HDF5 layout, read and written in one place.
+
+::
+
+    /train/images   uint8 (N, 3, 32, 32)     /train/labels   int64 (N,)
+    /test/images    uint8 (M, 3, 32, 32)     /test/labels    int64 (M,)   (only when the source had them)
+    attributes of / : format = "numbaconv-images", format_version = 1, class_names,
+                      source (path or URL), source_sha256, source_kind, splits
+
+A file is written under a temporary name in the destination folder and renamed
+into place only once it is complete and closed, so a crash never leaves a
+half-written file under the final name.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Callable, NamedTuple
+
+import numpy as np
+
+FORMAT = "numbaconv-images"
+FORMAT_VERSION = 1
+SPLITS = ("train", "test")
+
+
+class DatasetError(ValueError):
+    """A dataset source or file that cannot be used; the message says why, in one line."""
+
+
+class Split(NamedTuple):
+    images: np.ndarray  # uint8 (N, 3, H, W)
+    labels: np.ndarray  # int64 (N,)
+
+
+class StoredDataset(NamedTuple):
+    splits: dict        # name -> Split
+    class_names: list
+    attrs: dict
+
+
+def check_split(name: str, images: np.ndarray, labels: np.ndarray, num_classes: int, where: str) -> Split:
+    """Images uint8 (N, 3, H, W) with N integer labels in [0, num_classes)."""
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1] != 3:
+        raise DatasetError(f"{where}: {name} images must be uint8 (N, 3, H, W), got {images.dtype} {images.shape}")
+    if labels.ndim != 1 or labels.shape[0] != images.shape[0]:
+        raise DatasetError(f"{where}: {name} has {images.shape[0]} images but labels of shape {labels.shape}")
+    if not np.issubdtype(labels.dtype, np.integer):
+        raise DatasetError(f"{where}: {name} labels must be integers, got {labels.dtype}")
+    if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
+        raise DatasetError(f"{where}: {name} labels must be in [0, {num_classes}), "
+                           f"got min {labels.min()} and max {labels.max()}")
+    return Split(images, labels.astype(np.int64, copy=False))
+
+
+def write_h5(path: Path, splits: dict, class_names: list, attrs: dict,
+             progress: Callable[[int, int], None] | None = None) -> int:
+    """Write ``splits`` ({name: Split}) to ``path`` atomically; returns its size in bytes.
+
+    ``progress(done_images, total_images)`` is called as the images are written.
+    """
+    import h5py
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    os.close(fd)
+    total = sum(len(s.images) for s in splits.values())
+    done = 0
+    try:
+        with h5py.File(tmp, "w") as f:
+            f.attrs["format"] = FORMAT
+            f.attrs["format_version"] = FORMAT_VERSION
+            f.attrs["class_names"] = [str(c) for c in class_names]
+            f.attrs["splits"] = list(splits)
+            for key, value in attrs.items():
+                f.attrs[key] = value
+            for name, split in splits.items():
+                g = f.create_group(name)
+                g.create_dataset("labels", data=split.labels.astype(np.int64))
+                ds = g.create_dataset("images", shape=split.images.shape, dtype=np.uint8)
+                step = 5000  # write in slices so the progress bar moves
+                for i in range(0, len(split.images), step):
+                    ds[i:i + step] = split.images[i:i + step]
+                    done += len(split.images[i:i + step])
+                    if progress:
+                        progress(done, total)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path.stat().st_size
+
+
+def read_h5(path: Path) -> StoredDataset:
+    """Read and validate a file in our layout; any problem is one ``DatasetError`` line."""
+    import h5py
+
+    path = Path(path)
+    if not path.is_file():
+        raise DatasetError(f"no dataset file at {path}")
+    try:
+        with h5py.File(path, "r") as f:
+            if f.attrs.get("format") != FORMAT:
+                raise DatasetError(f"{path} is an HDF5 file but not a numbaconv dataset (attribute format is "
+                                   f"{f.attrs.get('format')!r}, expected {FORMAT!r})")
+            class_names = [c.decode() if isinstance(c, bytes) else str(c) for c in f.attrs.get("class_names", [])]
+            if not class_names:
+                raise DatasetError(f"{path}: attribute class_names is missing or empty")
+            if "train" not in f:
+                raise DatasetError(f"{path}: group /train is missing")
+            splits = {}
+            for name in SPLITS:
+                if name not in f:
+                    continue
+                g = f[name]
+                for member in ("images", "labels"):
+                    if member not in g:
+                        raise DatasetError(f"{path}: /{name}/{member} is missing")
+                splits[name] = check_split(name, g["images"][()], g["labels"][()], len(class_names), str(path))
+            attrs = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in f.attrs.items()}
+    except DatasetError:
+        raise
+    except (OSError, KeyError, ValueError, TypeError) as e:
+        # h5py reports truncated or non-HDF5 files as OSError with a long multi-line text.
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise DatasetError(f"{path} is not a readable HDF5 dataset (corrupt or truncated?): {first}") from None
+    return StoredDataset(splits, class_names, attrs)
