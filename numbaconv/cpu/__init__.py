@@ -1,0 +1,18 @@
+"""The cpu backend: Numba ``@njit(parallel=True, cache=True)`` kernels, the default.
+
+Same names and signatures as ``numbaconv.reference``. Kernels parallelise by
+ownership (no two ``prange`` iterations write one element), so results are
+identical from run to run for a fixed thread count. Thread count follows
+``numba.set_num_threads`` / ``NUMBA_NUM_THREADS``; the BLAS GEMMs inside conv
+and linear are limited to the same count for the duration of each call.
+"""
+from .batchnorm import BatchNorm, SpatialBatchNorm
+from .conv import Conv
+from .linear import Linear
+from .pool import MaxPool
+from .relu import ReLU
+from .softmax import softmax_loss
+
+NAME = "cpu"
+
+__all__ = ["Conv", "MaxPool", "BatchNorm", "SpatialBatchNorm", "Linear", "ReLU", "softmax_loss", "NAME"]

@@ -1,0 +1,54 @@
+"""Scoped BLAS threading for the GEMM calls inside the cpu backend.
+
+The heavy part of conv and linear is a NumPy matmul (OpenBLAS). The Numba
+kernels around it run on Numba's own thread pool. Two multithreaded pools on
+the same cores fight (spinning workers of one pool steal the cores the other
+needs), so every GEMM runs with BLAS limited to ``numba.get_num_threads()``
+for the duration of the call only: ``numba.set_num_threads`` then governs
+both pools, and nothing changes process-wide once the call returns.
+"""
+from __future__ import annotations
+
+import threading
+from contextlib import contextmanager
+
+import numba
+import numpy as np
+
+_lock = threading.Lock()
+_controllers = None
+
+
+def _blas_controllers():
+    """The BLAS libraries NumPy loaded (found once; threadpoolctl scans the process)."""
+    global _controllers
+    if _controllers is None:
+        with _lock:
+            if _controllers is None:
+                from threadpoolctl import ThreadpoolController
+
+                _controllers = ThreadpoolController().select(user_api="blas").lib_controllers
+    return _controllers
+
+
+@contextmanager
+def blas_threads(n: int | None = None):
+    """Limit BLAS to ``n`` threads (default: Numba's current count) inside the block."""
+    n = numba.get_num_threads() if n is None else int(n)
+    saved = []
+    for lib in _blas_controllers():
+        old = lib.get_num_threads()
+        if old != n:
+            lib.set_num_threads(n)
+            saved.append((lib, old))
+    try:
+        yield
+    finally:
+        for lib, old in saved:
+            lib.set_num_threads(old)
+
+
+def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """``a @ b`` with BLAS threads scoped to Numba's thread count."""
+    with blas_threads():
+        return np.matmul(a, b, out=out)
