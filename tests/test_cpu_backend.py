@@ -1,0 +1,131 @@
+"""cpu backend properties beyond agreement with the reference (that is
+test_conformance.py): repeatable results, thread-count respect, scoped BLAS
+threads, and the on-disk compile cache."""
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numba
+import numpy as np
+import pytest
+from threadpoolctl import threadpool_info
+
+from numbaconv import get_backend
+from numbaconv.cpu._blas import blas_threads
+
+nb = get_backend("cpu")
+
+
+def _blas_thread_counts():
+    return [lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"]
+
+
+def _run_all_layers(dtype, seed=0):
+    """Forward and backward of every layer on small inputs; returns every array produced."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((3, 4, 9, 9)).astype(dtype)
+    w = rng.standard_normal((5, 4, 3, 1)).astype(dtype)
+    b = rng.standard_normal(5).astype(dtype)
+    outs = []
+    out, cache = nb.Conv.forward(x, w, b, {"stride": 2, "pad": 1})
+    outs += [out, *nb.Conv.backward(rng.standard_normal(out.shape).astype(dtype), cache)]
+    out, cache = nb.MaxPool.forward(x, {"pool_height": 3, "pool_width": 3, "stride": 2})
+    outs += [out, nb.MaxPool.backward(rng.standard_normal(out.shape).astype(dtype), cache)]
+    gamma, beta = rng.standard_normal(4).astype(dtype), rng.standard_normal(4).astype(dtype)
+    p = {"mode": "train"}
+    out, cache = nb.SpatialBatchNorm.forward(x, gamma, beta, p)
+    d = rng.standard_normal(x.shape).astype(dtype)
+    outs += [out, p["running_mean"], p["running_var"], *nb.SpatialBatchNorm.backward(d, cache),
+             *nb.SpatialBatchNorm.backward_alt(d, cache)]
+    x2 = x.reshape(3, -1)
+    p = {"mode": "train"}
+    out, cache = nb.BatchNorm.forward(x2, x2[0], x2[1], p)
+    outs += [out, *nb.BatchNorm.backward(x2, cache), *nb.BatchNorm.backward_alt(x2, cache)]
+    out, cache = nb.Linear.forward(x, rng.standard_normal((324, 7)).astype(dtype), b[:1].repeat(7))
+    outs += [out, *nb.Linear.backward(rng.standard_normal(out.shape).astype(dtype), cache)]
+    out, cache = nb.ReLU.forward(x)
+    outs += [out, nb.ReLU.backward(x, cache)]
+    loss, dx = nb.softmax_loss(x2[:, :10], np.array([0, 3, 9]))
+    outs += [np.array(loss), dx]
+    return outs
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_results_are_identical_from_run_to_run(dtype):
+    first = _run_all_layers(dtype)
+    for _ in range(3):
+        again = _run_all_layers(dtype)
+        for a, b in zip(first, again):
+            np.testing.assert_array_equal(a, b)
+
+
+def test_numba_only_kernels_do_not_depend_on_the_thread_count():
+    # ownership: each prange iteration writes its own elements in a fixed order, so
+    # pooling and batch norm give the same bits on 1 thread as on all of them
+    saved = numba.get_num_threads()
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((4, 6, 8, 8)).astype(np.float32)
+    gamma, beta = np.ones(6, np.float32), np.zeros(6, np.float32)
+    results = []
+    try:
+        for n in sorted({1, saved}):
+            numba.set_num_threads(n)
+            out, cache = nb.MaxPool.forward(x, {"pool_height": 3, "pool_width": 3, "stride": 1})
+            dx = nb.MaxPool.backward(np.ones_like(out), cache)
+            y, c = nb.SpatialBatchNorm.forward(x, gamma, beta, {"mode": "train"})
+            results.append([out, dx, y, *nb.SpatialBatchNorm.backward(x, c)])
+    finally:
+        numba.set_num_threads(saved)
+    for a, b in zip(results[0], results[-1]):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_blas_threads_follow_numba_threads_only_inside_the_call():
+    before = _blas_thread_counts()
+    assert before, "numpy's BLAS was not found by threadpoolctl"
+    saved = numba.get_num_threads()
+    try:
+        numba.set_num_threads(1)
+        with blas_threads():
+            assert _blas_thread_counts() == [1] * len(before)
+        assert _blas_thread_counts() == before  # scoped: nothing process-wide is left behind
+        x = np.random.default_rng(0).standard_normal((2, 3, 6, 6))
+        nb.Conv.forward(x, np.ones((2, 3, 3, 3)), np.zeros(2), {"stride": 1, "pad": 1})
+        assert _blas_thread_counts() == before
+    finally:
+        numba.set_num_threads(saved)
+
+
+def test_numba_num_threads_environment_is_respected():
+    code = "import numba, numbaconv.cpu; print(numba.get_num_threads())"
+    env = {**os.environ, "NUMBA_NUM_THREADS": "1"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "1"
+
+
+_CACHE_PROBE = textwrap.dedent("""
+    import json, numpy as np, numba
+    from numbaconv import get_backend
+    from numbaconv.cpu import batchnorm, conv, pool
+    nb = get_backend("cpu")
+    x = np.random.default_rng(0).standard_normal((2, 2, 4, 4)).astype(np.float32)
+    out, cache = nb.Conv.forward(x, np.ones((2, 2, 3, 3), np.float32), np.zeros(2, np.float32), {"stride": 1, "pad": 1})
+    nb.Conv.backward(out, cache)
+    out, cache = nb.MaxPool.forward(x, {"pool_height": 2, "pool_width": 2, "stride": 2})
+    nb.MaxPool.backward(out, cache)
+    kernels = [conv._im2col, conv._col2im, conv._gemm_to_nchw, conv._nchw_to_gemm,
+               pool._pool_forward, pool._pool_backward]
+    print(json.dumps({k.py_func.__name__: [sum(k.stats.cache_hits.values()), sum(k.stats.cache_misses.values())]
+                      for k in kernels}))
+""")
+
+
+def test_second_process_loads_kernels_from_the_cache_instead_of_compiling():
+    # the first process compiles (or finds the cache the rest of the suite wrote);
+    # the second must hit the on-disk cache for every kernel and compile none
+    for _ in range(2):
+        out = subprocess.run([sys.executable, "-c", _CACHE_PROBE], capture_output=True, text=True, check=True)
+    stats = json.loads(out.stdout.strip().splitlines()[-1])
+    assert stats and all(hits >= 1 and misses == 0 for hits, misses in stats.values()), stats
