@@ -5,7 +5,7 @@ with ``register(app)``; this file only lists them.
 """
 import typer
 
-from .commands import gradcheck
+from .commands import datasets, gradcheck
 
 app = typer.Typer(
     name="numbaconv",
@@ -22,7 +22,7 @@ def main() -> None:
     """numbaconv: build, check, benchmark and train convnets on CIFAR-10."""
 
 
-for module in (gradcheck,):
+for module in (gradcheck, datasets):
     module.register(app)
 
 

@@ -22,7 +22,8 @@ from .store import DatasetError, read_h5
 from .synthetic import CLASS_NAMES as SYNTHETIC_CLASS_NAMES
 from .synthetic import synthetic_images, synthetic_test_images
 
-__all__ = ["Dataset", "DatasetError", "load_dataset", "preprocess", "synthetic_images", "data_home"]
+__all__ = ["Dataset", "DatasetError", "load_dataset", "preprocess", "synthetic_images", "data_home",
+           "dataset_path", "describe_dataset"]
 
 # Size of the built-in synthetic set when num_train is not given (train + val), and of its test split.
 SYNTHETIC_TRAIN_SIZE = 5000
@@ -65,6 +66,39 @@ def _int_arg(name: str, value, minimum: int) -> int:
     return int(value)
 
 
+def dataset_path(name_or_path: str, data_home: str | None = None) -> Path:
+    """The HDF5 file behind a dataset name: "cifar10" -> <data_home>/cifar10.h5, else a path.
+    Raises ``DatasetError`` (telling how to get it) when the file does not exist."""
+    if name_or_path == "cifar10":
+        path = (Path(data_home) if data_home else _default_data_home()) / "cifar10.h5"
+        if not path.is_file():
+            raise DatasetError(f"CIFAR-10 is not in the data home yet ({path} is missing); "
+                               f"run `numbaconv datasets cifar10` to download and convert it")
+        return path
+    path = Path(name_or_path)
+    if not path.is_file():
+        raise DatasetError(f"unknown dataset {name_or_path!r}: not 'synthetic', 'cifar10' or an existing HDF5 file")
+    return path
+
+
+def describe_dataset(name_or_path: str = "synthetic", data_home: str | None = None) -> dict:
+    """Splits, per-class counts and provenance without preprocessing (for ``numbaconv datasets info``):
+    {"splits": {name: size}, "counts": {name: per-class counts}, "class_names", "attrs"}."""
+    if name_or_path == "synthetic":
+        _, y_train = synthetic_images(SYNTHETIC_TRAIN_SIZE)
+        _, y_test = synthetic_test_images(SYNTHETIC_TEST_SIZE)
+        n = len(SYNTHETIC_CLASS_NAMES)
+        return {"splits": {"train": len(y_train), "test": len(y_test)},
+                "counts": {"train": np.bincount(y_train, minlength=n), "test": np.bincount(y_test, minlength=n)},
+                "class_names": list(SYNTHETIC_CLASS_NAMES),
+                "attrs": {"source": "synthetic (built-in, seed 0; load_dataset sizes it by num_train + num_val)"}}
+    stored = read_h5(dataset_path(name_or_path, data_home))  # reads everything: a full check of the file
+    n = len(stored.class_names)
+    return {"splits": {k: len(s.labels) for k, s in stored.splits.items()},
+            "counts": {k: np.bincount(s.labels, minlength=n) for k, s in stored.splits.items()},
+            "class_names": stored.class_names, "attrs": stored.attrs}
+
+
 def load_dataset(name_or_path: str = "synthetic", num_val: int = 1000, num_train: int | None = None,
                  normalize_std: bool = False, dtype=np.float32, data_home: str | None = None,
                  seed: int = 0) -> Dataset:
@@ -89,16 +123,7 @@ def load_dataset(name_or_path: str = "synthetic", num_val: int = 1000, num_train
         test = synthetic_test_images(SYNTHETIC_TEST_SIZE, seed)
         class_names, source = list(SYNTHETIC_CLASS_NAMES), "synthetic"
     else:
-        if name_or_path == "cifar10":
-            path = Path(data_home) if data_home else _default_data_home() / "cifar10.h5"
-            if not path.is_file():
-                raise DatasetError(f"CIFAR-10 is not in the data home yet ({path} is missing); "
-                                   f"run `numbaconv datasets cifar10` to download and convert it")
-        else:
-            path = Path(name_or_path)
-            if not path.is_file():
-                raise DatasetError(f"unknown dataset {name_or_path!r}: not 'synthetic', 'cifar10' or an existing "
-                                   f"HDF5 file")
+        path = dataset_path(name_or_path, data_home)
         stored = read_h5(path)
         images, labels = stored.splits["train"]
         test = stored.splits.get("test")

@@ -14,7 +14,8 @@ half-written file under the final name.
 from __future__ import annotations
 
 import os
-import tempfile
+import secrets
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, NamedTuple
 
@@ -54,6 +55,12 @@ def check_split(name: str, images: np.ndarray, labels: np.ndarray, num_classes: 
     return Split(images, labels.astype(np.int64, copy=False))
 
 
+def temp_path(path: Path) -> Path:
+    """A fresh hidden name next to ``path`` (same filesystem, so the final rename is atomic).
+    Created by the writer with the default permissions, unlike mkstemp's 0600."""
+    return path.parent / f".{path.name}.{secrets.token_hex(6)}.part"
+
+
 def write_h5(path: Path, splits: dict, class_names: list, attrs: dict,
              progress: Callable[[int, int], None] | None = None) -> int:
     """Write ``splits`` ({name: Split}) to ``path`` atomically; returns its size in bytes.
@@ -64,12 +71,11 @@ def write_h5(path: Path, splits: dict, class_names: list, attrs: dict,
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    os.close(fd)
+    tmp = temp_path(path)
     total = sum(len(s.images) for s in splits.values())
     done = 0
     try:
-        with h5py.File(tmp, "w") as f:
+        with h5py.File(tmp, "w-") as f:  # "w-": create, never clobber
             f.attrs["format"] = FORMAT
             f.attrs["format_version"] = FORMAT_VERSION
             f.attrs["class_names"] = [str(c) for c in class_names]
@@ -93,11 +99,11 @@ def write_h5(path: Path, splits: dict, class_names: list, attrs: dict,
     return path.stat().st_size
 
 
-def read_h5(path: Path) -> StoredDataset:
-    """Read and validate a file in our layout; any problem is one ``DatasetError`` line."""
+@contextmanager
+def _open_h5(path: Path):
+    """Open a file in our layout for reading; every problem becomes one ``DatasetError`` line."""
     import h5py
 
-    path = Path(path)
     if not path.is_file():
         raise DatasetError(f"no dataset file at {path}")
     try:
@@ -105,25 +111,44 @@ def read_h5(path: Path) -> StoredDataset:
             if f.attrs.get("format") != FORMAT:
                 raise DatasetError(f"{path} is an HDF5 file but not a numbaconv dataset (attribute format is "
                                    f"{f.attrs.get('format')!r}, expected {FORMAT!r})")
-            class_names = [c.decode() if isinstance(c, bytes) else str(c) for c in f.attrs.get("class_names", [])]
-            if not class_names:
-                raise DatasetError(f"{path}: attribute class_names is missing or empty")
             if "train" not in f:
                 raise DatasetError(f"{path}: group /train is missing")
-            splits = {}
             for name in SPLITS:
-                if name not in f:
-                    continue
-                g = f[name]
-                for member in ("images", "labels"):
-                    if member not in g:
+                for member in ("images", "labels") if name in f else ():
+                    if member not in f[name]:
                         raise DatasetError(f"{path}: /{name}/{member} is missing")
-                splits[name] = check_split(name, g["images"][()], g["labels"][()], len(class_names), str(path))
-            attrs = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in f.attrs.items()}
+            yield f
     except DatasetError:
         raise
     except (OSError, KeyError, ValueError, TypeError) as e:
         # h5py reports truncated or non-HDF5 files as OSError with a long multi-line text.
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise DatasetError(f"{path} is not a readable HDF5 dataset (corrupt or truncated?): {first}") from None
+
+
+def _attrs(f) -> tuple[list, dict]:
+    attrs = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in f.attrs.items()}
+    class_names = [c.decode() if isinstance(c, bytes) else str(c) for c in f.attrs.get("class_names", [])]
+    return class_names, attrs
+
+
+def read_h5(path: Path) -> StoredDataset:
+    """Read and validate a file in our layout; any problem is one ``DatasetError`` line."""
+    path = Path(path)
+    with _open_h5(path) as f:
+        class_names, attrs = _attrs(f)
+        if not class_names:
+            raise DatasetError(f"{path}: attribute class_names is missing or empty")
+        splits = {name: check_split(name, f[name]["images"][()], f[name]["labels"][()], len(class_names), str(path))
+                  for name in SPLITS if name in f}
     return StoredDataset(splits, class_names, attrs)
+
+
+def describe_h5(path: Path) -> dict:
+    """Split sizes and attributes of a file in our layout, read without loading the images
+    (a quick look for listings; ``read_h5`` is the full check): {"splits": {name: size}, "attrs"}."""
+    path = Path(path)
+    with _open_h5(path) as f:
+        _, attrs = _attrs(f)
+        splits = {name: int(f[name]["images"].shape[0]) for name in SPLITS if name in f}
+    return {"splits": splits, "attrs": attrs}
