@@ -7,6 +7,8 @@ import http.server
 import io
 import os
 import pickle
+import pickletools
+import struct
 import tarfile
 import threading
 from pathlib import Path
@@ -36,13 +38,37 @@ def _batch(index: int, n: int = PER_BATCH) -> dict:
             b"filenames": [f"img_{index}_{i}.png".encode() for i in range(n)]}
 
 
+class _Py2Pickler(pickle._Pickler):
+    """Writes pickles as Python 2 did for the official archive: protocol 2, bytes as (SHORT_)BINSTRING
+    and NumPy's reconstructor under its old module name numpy.core.multiarray."""
+
+    def save_bytes(self, obj):
+        n = len(obj)
+        self.write(pickle.SHORT_BINSTRING + bytes([n]) + obj if n < 256 else pickle.BINSTRING + struct.pack("<i", n) + obj)
+        self.memoize(obj)
+
+    dispatch = dict(pickle._Pickler.dispatch)
+    dispatch[bytes] = save_bytes
+
+
+def py2_dumps(obj) -> bytes:
+    buf = io.BytesIO()
+    _Py2Pickler(buf, protocol=2).dump(obj)
+    return buf.getvalue().replace(b"cnumpy._core.multiarray\n", b"cnumpy.core.multiarray\n")
+
+
+def _dumps(obj, style: int) -> bytes:
+    """style 0: Python 2 (as the official archive); 1: Python 3 protocol 4 (as the shared JPEG copy);
+    2: Python 3 protocol 2 (bytes through _codecs.encode)."""
+    return py2_dumps(obj) if style == 0 else pickle.dumps(obj, protocol=4 if style == 1 else 2)
+
+
 def _members(with_test=True, drop=(), extra=None) -> dict:
-    # Protocols 2 (as the official Python 2 pickles) and 4 (as Python 3 writes them) alternate.
-    m = {f"data_batch_{i}": pickle.dumps(_batch(i), protocol=2 + 2 * (i % 2)) for i in range(1, 6)}
+    m = {f"data_batch_{i}": _dumps(_batch(i), i % 3) for i in range(1, 6)}
     if with_test:
-        m["test_batch"] = pickle.dumps(_batch(99), protocol=2)
-    m["batches.meta"] = pickle.dumps({b"label_names": [n.encode() for n in CLASS_NAMES],
-                                      b"num_cases_per_batch": PER_BATCH, b"num_vis": 3072}, protocol=2)
+        m["test_batch"] = _dumps(_batch(99), 0)
+    m["batches.meta"] = py2_dumps({b"label_names": [n.encode() for n in CLASS_NAMES],
+                                   b"num_cases_per_batch": PER_BATCH, b"num_vis": 3072})
     m["readme.html"] = b"<html>ignored</html>"
     for name in drop:
         del m[name]
@@ -273,6 +299,15 @@ def test_restricted_unpickler_refuses_code(tmp_path, out_dir):
     ok = {b"a": np.arange(3, dtype=np.uint8), b"l": [1, 2.5, b"x", "s", (1,)], b"n": np.int64(4)}
     back = safe_loads(pickle.dumps(ok, protocol=2), "ok")
     assert np.array_equal(back[b"a"], ok[b"a"]) and back[b"l"] == ok[b"l"] and back[b"n"] == 4
+
+
+def test_python2_pickles_as_in_the_official_archive():
+    data = py2_dumps(_batch(1))
+    globals_used = {arg for op, arg, _ in pickletools.genops(data) if op.name == "GLOBAL"}
+    assert globals_used == {"numpy.core.multiarray _reconstruct", "numpy ndarray", "numpy dtype"}
+    assert not any(op.name in ("BINBYTES", "SHORT_BINBYTES") for op, _, _ in pickletools.genops(data))
+    split = cifar.parse_batch(data, "py2")
+    assert np.array_equal(split.images.reshape(-1, 3072), _batch(1)[b"data"])
 
 
 def test_members_are_never_extracted(tmp_path, out_dir):

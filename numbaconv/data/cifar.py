@@ -40,6 +40,12 @@ FOLDER = "cifar-10-batches-py"
 MAX_MEMBER_BYTES = 256 * 2**20
 _CHUNK = 2**20
 
+try:
+    import lzma
+    _LZMA_ERRORS: tuple = (lzma.LZMAError,)
+except ImportError:  # Python built without lzma: tarfile cannot read .xz either
+    _LZMA_ERRORS = ()
+
 # progress(task, done, total): task is "download", "read" or "write"; total may be None.
 Progress = Callable[[str, int, "int | None"], None]
 
@@ -209,16 +215,15 @@ def read_archive(path: Path, progress: Progress | None = None, want_md5: bool = 
         reader = _HashingReader(f, os.fstat(f.fileno()).st_size, progress, want_md5)
         try:
             # Stream mode ("r|*"): one sequential pass, no seeking back through a gzip stream.
-            with tarfile.open(fileobj=reader, mode="r|*") as tar:
+            # Opening reads the first header, so a file that is no (compressed) tar fails here.
+            tar = tarfile.open(fileobj=reader, mode="r|*")
+        except (tarfile.TarError, EOFError, zlib.error, OSError, *_LZMA_ERRORS) as e:
+            raise DatasetError(f"{where} is not a tar archive (.tar, .tar.gz, .tar.bz2 or .tar.xz): {e}") from None
+        try:
+            with tar:
                 batches, names = _collect(_tar_members(tar, where), where)
             reader.drain()
-        except DatasetError:
-            raise
-        except tarfile.ReadError as e:
-            if reader.done <= tarfile.BLOCKSIZE * 2 and "empty" not in str(e):
-                raise DatasetError(f"{where} is not a tar archive (.tar, .tar.gz, .tar.bz2 or .tar.xz): {e}") from None
-            raise DatasetError(f"{where} is truncated or corrupt: {e}") from None
-        except (EOFError, zlib.error, OSError, tarfile.TarError) as e:
+        except (tarfile.TarError, EOFError, zlib.error, OSError, *_LZMA_ERRORS) as e:
             raise DatasetError(f"{where} is truncated or corrupt: {e}") from None
     md5 = reader.md5.hexdigest() if reader.md5 is not None else None
     return batches, names, reader.sha256.hexdigest(), md5
@@ -303,6 +308,14 @@ def import_cifar10(source: str | os.PathLike | None = None, out: str | os.PathLi
     extracted ``cifar-10-batches-py`` folder is read in place. An archive without ``test_batch``
     gives a train-only file (said in ``notes``). Any problem raises one ``DatasetError``.
     """
+    try:
+        return _import(source, out, md5, overwrite, progress)
+    except OSError as e:  # what the specific handlers did not explain: permissions, full disk, ...
+        where = f"{e.filename}: " if e.filename else ""
+        raise DatasetError(f"{where}{e.strerror or e}") from None
+
+
+def _import(source, out, md5, overwrite, progress) -> ImportResult:
     from . import data_home
 
     start = time.perf_counter()
