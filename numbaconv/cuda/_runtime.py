@@ -1,0 +1,97 @@
+"""numba.cuda import guard, host/device array handling and the one launch helper.
+
+Convention of the whole backend: the primary input of a call decides where the
+result lives. NumPy in -> NumPy out (copied to the GPU and back); device array in
+-> device array out, with no host round trip, so a model can keep its tensors on
+the GPU. Kernels only ever see flat, C-contiguous device arrays and scalars.
+"""
+from __future__ import annotations
+
+import importlib.util
+import math
+
+import numpy as np
+
+_INSTALL_HINT = ("the numbaconv cuda backend needs the numba-cuda package: "
+                 "pip install 'numbaconv[cuda]' (or pip install 'numba-cuda[cu13]')")
+
+if importlib.util.find_spec("numba_cuda") is None:
+    raise ImportError(_INSTALL_HINT)
+try:
+    import numba
+    from numba import cuda
+except ImportError as exc:  # numba-cuda present but broken: say what to install, keep the cause
+    raise ImportError(f"{_INSTALL_HINT} ({exc})") from exc
+
+# NUMBA_ENABLE_CUDASIM=1 (read by numba at import): kernels run in the Python simulator.
+SIMULATOR = bool(numba.config.ENABLE_CUDASIM)
+
+MAX_THREADS_PER_BLOCK = 1024   # every CUDA GPU since compute capability 2.0
+MAX_GRID_YZ = 65535
+MAX_SHARED_BYTES = 48 * 1024   # static shared memory per block without opt-in
+# Tiled kernels loop over their tiles (grid-stride), so the grid can be capped. On
+# a GPU the cap only bounds the launch; the simulator costs ~0.5 ms per thread, so
+# there two blocks are enough (still more than one, to exercise the striding).
+GPU_MAX_BLOCKS = 65535
+MAX_BLOCKS = 2 if SIMULATOR else GPU_MAX_BLOCKS
+# Threads per block of the 1-D kernels (elementwise, reductions: a power of two
+# <= kernels.RED_THREADS). Only the launch changes in the simulator, not the code.
+GPU_THREADS_1D = 256
+THREADS_1D = 32 if SIMULATOR else GPU_THREADS_1D
+
+NO_GPU_HINT = ("no CUDA GPU was found; to check the cuda kernels for correctness without one, run them in the "
+               "Numba CUDA simulator: NUMBA_ENABLE_CUDASIM=1 python -m pytest tests/test_cuda_backend.py")
+
+
+def is_device(a) -> bool:
+    """True for numba device arrays (and simulator fakes); NumPy arrays are host."""
+    return not isinstance(a, np.ndarray) and hasattr(a, "copy_to_host")
+
+
+def as_device(a, dtype=None):
+    """A C-contiguous device array holding ``a`` (no copy if it already is one)."""
+    if is_device(a):
+        if not a.is_c_contiguous():
+            raise ValueError(f"device arrays must be C-contiguous, got one of shape {tuple(a.shape)}")
+        if dtype is not None and np.dtype(a.dtype) != np.dtype(dtype):
+            raise ValueError(f"device array has dtype {a.dtype}, expected {np.dtype(dtype)}")
+        return a
+    return cuda.to_device(np.ascontiguousarray(a, dtype=dtype))
+
+
+def flat(d):
+    """The 1-D view every kernel takes."""
+    return d.reshape(d.size)
+
+
+def empty(shape, dtype):
+    return cuda.device_array(shape, dtype=np.dtype(dtype))
+
+
+def result(d, host: bool):
+    """Hand a device result back in the caller's form."""
+    return d.copy_to_host() if host else d
+
+
+def blocks(work: int, per_block: int) -> int:
+    """Blocks for a grid-stride kernel: enough to cover ``work``, at most MAX_BLOCKS."""
+    return max(1, min(MAX_BLOCKS, math.ceil(work / per_block)))
+
+
+def check_launch(grid, block) -> tuple:
+    """Reject a launch configuration the hardware would refuse (a bug here, not user error)."""
+    grid = grid if isinstance(grid, tuple) else (grid,)
+    block = block if isinstance(block, tuple) else (block,)
+    if math.prod(block) > MAX_THREADS_PER_BLOCK or min(block) < 1:
+        raise RuntimeError(f"block {block} exceeds {MAX_THREADS_PER_BLOCK} threads")
+    if min(grid) < 1 or grid[0] > 2**31 - 1 or any(g > MAX_GRID_YZ for g in grid[1:]):
+        raise RuntimeError(f"grid {grid} is outside the CUDA limits")
+    return grid, block
+
+
+def launch(name: str, dtype, grid, block, *args) -> None:
+    """Launch registered kernel ``name`` compiled for ``dtype``; the single launch point."""
+    from .kernels import get_kernel
+
+    grid, block = check_launch(grid, block)
+    get_kernel(name, dtype)[grid, block](*args)

@@ -1,0 +1,42 @@
+"""Convolution: implicit-GEMM forward and dw kernels with shared-memory tiles,
+a gathering dx kernel (each dx element owned by one thread)."""
+import math
+
+import numpy as np
+
+from ..checks import check_dout, conv_geometry
+from ._runtime import THREADS_1D, as_device, blocks, empty, flat, is_device, launch, result
+from .kernels import DX_SMEM, TILE
+from .reductions import channel_sums
+
+
+class Conv:
+    @staticmethod
+    def forward(x, w, b, conv_param):
+        """x (N,C,H,W), w (F,C,HH,WW), b (F,); conv_param {"stride", "pad"}."""
+        g = conv_geometry(x, w, b, conv_param)
+        if g.HH * g.WW > DX_SMEM:   # the dx kernel stages at least one filter's taps in shared memory
+            raise ValueError(f"the cuda backend supports filters of at most {DX_SMEM} taps per channel, "
+                             f"got w of shape {tuple(w.shape)} ({g.HH}x{g.WW} = {g.HH * g.WW})")
+        dtype = np.dtype(x.dtype)
+        xd, wd, bd = as_device(x), as_device(w), as_device(b)
+        out = empty((g.N, g.F, g.H_out, g.W_out), dtype)
+        ntiles = math.ceil(g.N * g.H_out * g.W_out / TILE) * math.ceil(g.F / TILE)
+        launch("conv_forward", dtype, blocks(ntiles, 1), (TILE, TILE), flat(xd), flat(wd), flat(bd), flat(out), *g)
+        return result(out, not is_device(x)), (xd, wd, g, dtype)
+
+    @staticmethod
+    def backward(dout, cache):
+        """Returns (dx, dw, db), on the host if dout is a NumPy array."""
+        xd, wd, g, dtype = cache
+        check_dout(dout, (g.N, g.F, g.H_out, g.W_out), dtype, "Conv")
+        dd = as_device(dout)
+        dx, dw, db = empty(xd.shape, dtype), empty(wd.shape, dtype), empty((g.F,), dtype)
+        K = g.C * g.HH * g.WW
+        ntiles = math.ceil(K / TILE) * math.ceil(g.F / TILE)
+        launch("conv_backward_dw", dtype, blocks(ntiles, 1), (TILE, TILE), flat(xd), flat(dd), flat(dw), *g)
+        ntiles = g.C * math.ceil(g.N * g.H * g.W / THREADS_1D)
+        launch("conv_backward_dx", dtype, blocks(ntiles, 1), THREADS_1D, flat(wd), flat(dd), flat(dx), *g)
+        channel_sums(dd, dd, g.N, g.F, g.H_out * g.W_out, sum_a=db)
+        host = not is_device(dout)
+        return result(dx, host), result(dw, host), result(db, host)

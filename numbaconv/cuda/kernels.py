@@ -1,0 +1,486 @@
+"""Every CUDA kernel of the backend, in one registry.
+
+Each kernel is written once as a factory ``make(dt) -> python function`` (``dt``
+is numba's float32 or float64: ``cuda.shared.array`` needs a compile-time dtype)
+and registered with the types of its arguments. ``get_kernel`` compiles it with
+exactly that signature on first use, and the PTX test compiles every entry of
+``KERNELS`` for compute capability 9.0 in both dtypes, so no kernel can be
+forgotten by the test.
+
+Design rules followed by every kernel:
+  * arrays are flat and C-contiguous; index arithmetic is explicit;
+  * neighbouring threads (threadIdx.x) touch neighbouring addresses (coalescing);
+  * tiled kernels loop over their tiles with a grid stride, so the grid size is
+    free; every ``syncthreads`` is reached by all threads of a block (loop bounds
+    depend only on block-uniform values);
+  * every output element has exactly one owner thread: no atomics, no races
+    (conv dw by (f, k) ownership, conv dx and max-pool dx by gathering).
+
+Argument codes: "A" array of the layer dtype, "I" int32 array, "L" int64 array,
+"i" int64 scalar, "f" float64 scalar.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable, NamedTuple
+
+import numpy as np
+from numba import types
+
+from ._runtime import cuda
+
+TILE = 16            # conv / matmul tiles: TILE x TILE threads, two TILE x TILE shared tiles
+RED_THREADS = 256    # shared slots of the block reductions (block size: power of two <= this)
+DX_SMEM = 2048       # shared elements of filter taps staged by the conv dx kernel
+
+
+class KernelSpec(NamedTuple):
+    make: Callable            # dt -> python kernel function
+    args: str                 # argument codes, see the module docstring
+    shared_elems: int         # elements of dt in static shared memory (for the limit check)
+    shared_int32: int = 0     # int32 elements in static shared memory
+
+
+KERNELS: dict[str, KernelSpec] = {}
+
+
+def kernel(name: str, args: str, shared_elems: int = 0):
+    def register(make):
+        KERNELS[name] = KernelSpec(make, args, shared_elems)
+        return make
+    return register
+
+
+_NB_DTYPES = {np.dtype(np.float32): types.float32, np.dtype(np.float64): types.float64}
+
+
+def signature(name: str, dtype) -> types.Type:
+    """The exact signature the kernel is compiled with for ``dtype``."""
+    dt = _NB_DTYPES[np.dtype(dtype)]
+    codes = {"A": types.Array(dt, 1, "C"), "I": types.Array(types.int32, 1, "C"),
+             "L": types.Array(types.int64, 1, "C"), "i": types.int64, "f": types.float64}
+    return types.void(*(codes[c] for c in KERNELS[name].args))
+
+
+def shared_bytes(name: str, dtype) -> int:
+    spec = KERNELS[name]
+    return spec.shared_elems * np.dtype(dtype).itemsize + 4 * spec.shared_int32
+
+
+def python_kernel(name: str, dtype) -> Callable:
+    return KERNELS[name].make(_NB_DTYPES[np.dtype(dtype)])
+
+
+_compiled: dict = {}
+
+
+def get_kernel(name: str, dtype):
+    """The compiled kernel (lazily, once per process and dtype)."""
+    key = (name, np.dtype(dtype))
+    k = _compiled.get(key)
+    if k is None:
+        k = _compiled[key] = cuda.jit(signature(name, dtype))(python_kernel(name, dtype))
+    return k
+
+
+# --------------------------------------------------------------------------- conv
+# Convolution as an implicit GEMM: out[n, f, p] = sum_k w[f, k] * xcol[k, (n, p)]
+# with k = (c, kh, kw) and p = (i, j); xcol is gathered from x on the fly (zero
+# padding is a bounds check), never materialised.
+
+@kernel("conv_forward", "AAAAiiiiiiiiiii", shared_elems=2 * TILE * TILE)
+def _make_conv_forward(dt):
+    def conv_forward(x, w, b, out, N, C, H, W, F, HH, WW, stride, pad, Ho, Wo):
+        # Block = TILE x TILE outputs (filters ty x columns tx); each thread owns one.
+        w_tile = cuda.shared.array((TILE, TILE), dt)   # w_tile[f, kk] = w[f0 + f, k0 + kk]
+        x_tile = cuda.shared.array((TILE, TILE), dt)   # x_tile[kk, col] = xcol[k0 + kk, col0 + col]
+        tx = cuda.threadIdx.x
+        ty = cuda.threadIdx.y
+        KK = HH * WW
+        K = C * KK
+        P = Ho * Wo
+        NP = N * P
+        tiles_col = (NP + TILE - 1) // TILE
+        ntiles = tiles_col * ((F + TILE - 1) // TILE)
+        for tile in range(cuda.blockIdx.x, ntiles, cuda.gridDim.x):
+            f = (tile // tiles_col) * TILE + ty
+            col = (tile % tiles_col) * TILE + tx
+            n = col // P
+            p = col - n * P
+            i = p // Wo
+            j = p - i * Wo
+            acc = dt(0)
+            for k0 in range(0, K, TILE):
+                k = k0 + tx                       # coalesced: consecutive tx, consecutive k
+                v = dt(0)
+                if f < F and k < K:
+                    v = w[f * K + k]
+                w_tile[ty, tx] = v
+                k = k0 + ty                       # coalesced: consecutive tx, consecutive columns
+                v = dt(0)
+                if col < NP and k < K:
+                    c = k // KK
+                    r = k - c * KK
+                    kh = r // WW
+                    h = i * stride - pad + kh
+                    ww = j * stride - pad + (r - kh * WW)
+                    if h >= 0 and h < H and ww >= 0 and ww < W:
+                        v = x[((n * C + c) * H + h) * W + ww]
+                x_tile[ty, tx] = v
+                cuda.syncthreads()
+                for kk in range(TILE):
+                    acc += w_tile[ty, kk] * x_tile[kk, tx]
+                cuda.syncthreads()
+            if f < F and col < NP:
+                out[(n * F + f) * P + p] = acc + b[f]
+    return conv_forward
+
+
+@kernel("conv_backward_dw", "AAAiiiiiiiiiii", shared_elems=2 * TILE * TILE)
+def _make_conv_backward_dw(dt):
+    def conv_backward_dw(x, dout, dw, N, C, H, W, F, HH, WW, stride, pad, Ho, Wo):
+        # dw[f, k] = sum over (n, p) of dout[n, f, p] * xcol[k, (n, p)]; each thread owns
+        # one dw[f, k] and sums over all (n, p) itself: no atomics, deterministic.
+        d_tile = cuda.shared.array((TILE, TILE), dt)   # d_tile[f, rr] = dout at (f0 + f, r0 + rr)
+        x_tile = cuda.shared.array((TILE, TILE), dt)   # x_tile[rr, kk] = xcol[k0 + kk, r0 + rr]
+        tx = cuda.threadIdx.x
+        ty = cuda.threadIdx.y
+        KK = HH * WW
+        K = C * KK
+        P = Ho * Wo
+        NP = N * P
+        tiles_k = (K + TILE - 1) // TILE
+        ntiles = tiles_k * ((F + TILE - 1) // TILE)
+        for tile in range(cuda.blockIdx.x, ntiles, cuda.gridDim.x):
+            f = (tile // tiles_k) * TILE + ty
+            k = (tile % tiles_k) * TILE + tx
+            c = k // KK
+            r = k - c * KK
+            kh = r // WW
+            kw = r - kh * WW
+            acc = dt(0)
+            for r0 in range(0, NP, TILE):
+                rr = r0 + tx
+                v = dt(0)
+                if f < F and rr < NP:
+                    n = rr // P
+                    v = dout[(n * F + f) * P + (rr - n * P)]
+                d_tile[ty, tx] = v
+                rr = r0 + ty
+                v = dt(0)
+                if k < K and rr < NP:
+                    n = rr // P
+                    p = rr - n * P
+                    i = p // Wo
+                    h = i * stride - pad + kh
+                    ww = (p - i * Wo) * stride - pad + kw
+                    if h >= 0 and h < H and ww >= 0 and ww < W:
+                        v = x[((n * C + c) * H + h) * W + ww]
+                x_tile[ty, tx] = v
+                cuda.syncthreads()
+                for q in range(TILE):
+                    acc += d_tile[ty, q] * x_tile[q, tx]
+                cuda.syncthreads()
+            if f < F and k < K:
+                dw[f * K + k] = acc
+    return conv_backward_dw
+
+
+@kernel("conv_backward_dx", "AAAiiiiiiiiiii", shared_elems=DX_SMEM)
+def _make_conv_backward_dx(dt):
+    def conv_backward_dx(w, dout, dx, N, C, H, W, F, HH, WW, stride, pad, Ho, Wo):
+        # Each thread owns one dx[n, c, h, w] and gathers from every output whose
+        # window covers it: no scatter, no races. A block works on one channel c,
+        # so the taps w[f0:f0+nf, c] are staged once in shared memory for all.
+        taps = cuda.shared.array(DX_SMEM, dt)
+        tid = cuda.threadIdx.x
+        bs = cuda.blockDim.x
+        KK = HH * WW
+        HW = H * W
+        NHW = N * HW
+        P = Ho * Wo
+        FC = DX_SMEM // KK                        # filters per chunk (the wrapper ensures >= 1)
+        per_c = (NHW + bs - 1) // bs
+        for tile in range(cuda.blockIdx.x, C * per_c, cuda.gridDim.x):
+            c = tile // per_c
+            e = (tile - c * per_c) * bs + tid
+            valid = e < NHW
+            n = e // HW
+            h = (e - n * HW) // W
+            wc = e - n * HW - h * W
+            acc = dt(0)
+            for f0 in range(0, F, FC):
+                nf = min(FC, F - f0)
+                for q in range(tid, nf * KK, bs):
+                    fl = q // KK
+                    taps[q] = w[((f0 + fl) * C + c) * KK + (q - fl * KK)]
+                cuda.syncthreads()
+                if valid:
+                    # Summed in the reference's order (f, then output row i and column j
+                    # ascending, i.e. kh and kw descending), so float32 rounding matches.
+                    for fl in range(nf):
+                        base = (n * F + f0 + fl) * P
+                        for kh in range(HH - 1, -1, -1):
+                            hi = h + pad - kh
+                            if hi >= 0 and hi % stride == 0 and hi // stride < Ho:
+                                row = base + (hi // stride) * Wo
+                                for kw in range(WW - 1, -1, -1):
+                                    wi = wc + pad - kw
+                                    if wi >= 0 and wi % stride == 0 and wi // stride < Wo:
+                                        acc += taps[fl * KK + kh * WW + kw] * dout[row + wi // stride]
+                cuda.syncthreads()
+            if valid:
+                dx[(n * C + c) * HW + h * W + wc] = acc
+    return conv_backward_dx
+
+
+# --------------------------------------------------------------------------- max pool
+
+@kernel("maxpool_forward", "AAIiiiiiiiii")
+def _make_maxpool_forward(dt):
+    def maxpool_forward(x, out, argmax, N, C, H, W, ph, pw, stride, Ho, Wo):
+        # One thread per output; argmax keeps the first maximum in row-major window
+        # order (strict '>'), as an index into the (H, W) plane.
+        total = N * C * Ho * Wo
+        for e in range(cuda.grid(1), total, cuda.gridsize(1)):
+            plane = e // (Ho * Wo)
+            q = e - plane * Ho * Wo
+            i = q // Wo
+            j = q - i * Wo
+            base = plane * H * W
+            best_at = (i * stride) * W + j * stride
+            best = x[base + best_at]
+            for k in range(ph):
+                for l in range(pw):
+                    at = (i * stride + k) * W + j * stride + l
+                    v = x[base + at]
+                    if v > best:
+                        best = v
+                        best_at = at
+            out[e] = best
+            argmax[e] = best_at
+    return maxpool_forward
+
+
+@kernel("maxpool_backward", "AIAiiiiiiiii")
+def _make_maxpool_backward(dt):
+    def maxpool_backward(dout, argmax, dx, N, C, H, W, ph, pw, stride, Ho, Wo):
+        # Each thread owns one dx element and gathers dout from the windows whose
+        # maximum it is (windows overlap when stride < pool size): no races.
+        total = N * C * H * W
+        for e in range(cuda.grid(1), total, cuda.gridsize(1)):
+            plane = e // (H * W)
+            at = e - plane * H * W
+            h = at // W
+            wc = at - h * W
+            i_lo = 0
+            if h >= ph:
+                i_lo = (h - ph + stride) // stride
+            j_lo = 0
+            if wc >= pw:
+                j_lo = (wc - pw + stride) // stride
+            i_hi = min(h // stride, Ho - 1)
+            j_hi = min(wc // stride, Wo - 1)
+            acc = dt(0)
+            for i in range(i_lo, i_hi + 1):
+                for j in range(j_lo, j_hi + 1):
+                    o = (plane * Ho + i) * Wo + j
+                    if argmax[o] == at:
+                        acc += dout[o]
+            dx[e] = acc
+    return maxpool_backward
+
+
+# --------------------------------------------------------------------------- reductions
+
+@kernel("channel_sums", "AAAAiiAAAiii", shared_elems=3 * RED_THREADS)
+def _make_channel_sums(dt):
+    def channel_sums(a, b, shift_a, shift_b, shifted, divisor, s_a, s_b, s_ab, N, C, L):
+        # For arrays laid out (N, C, L): per channel c, with a' = a - shift_a[c] and
+        # b' = b - shift_b[c] when ``shifted``, the sums of a', b' and a'*b', each
+        # divided by ``divisor``. One block per channel; strided loads along L are
+        # coalesced; then a tree reduction in shared memory (block size: power of 2).
+        sh_a = cuda.shared.array(RED_THREADS, dt)
+        sh_b = cuda.shared.array(RED_THREADS, dt)
+        sh_ab = cuda.shared.array(RED_THREADS, dt)
+        tid = cuda.threadIdx.x
+        bs = cuda.blockDim.x
+        M = N * L
+        for c in range(cuda.blockIdx.x, C, cuda.gridDim.x):
+            oa = dt(0)
+            ob = dt(0)
+            if shifted:
+                oa = shift_a[c]
+                ob = shift_b[c]
+            acc_a = dt(0)
+            acc_b = dt(0)
+            acc_ab = dt(0)
+            for m in range(tid, M, bs):
+                n = m // L
+                idx = (n * C + c) * L + (m - n * L)
+                va = a[idx] - oa
+                vb = b[idx] - ob
+                acc_a += va
+                acc_b += vb
+                acc_ab += va * vb
+            sh_a[tid] = acc_a
+            sh_b[tid] = acc_b
+            sh_ab[tid] = acc_ab
+            cuda.syncthreads()
+            half = bs // 2
+            while half > 0:
+                if tid < half:
+                    sh_a[tid] += sh_a[tid + half]
+                    sh_b[tid] += sh_b[tid + half]
+                    sh_ab[tid] += sh_ab[tid + half]
+                cuda.syncthreads()
+                half //= 2
+            if tid == 0:
+                s_a[c] = sh_a[0] / dt(divisor)
+                s_b[c] = sh_b[0] / dt(divisor)
+                s_ab[c] = sh_ab[0] / dt(divisor)
+            cuda.syncthreads()   # shared slots are reused for the next channel
+    return channel_sums
+
+
+# --------------------------------------------------------------------------- batch norm
+
+@kernel("bn_std", "AfAAi")
+def _make_bn_std(dt):
+    def bn_std(var, eps, std, inv_std, C):
+        for c in range(cuda.grid(1), C, cuda.gridsize(1)):
+            s = math.sqrt(var[c] + dt(eps))
+            std[c] = s
+            inv_std[c] = dt(1) / s
+    return bn_std
+
+
+@kernel("bn_running_update", "AAAAffi")
+def _make_bn_running_update(dt):
+    def bn_running_update(running_mean, running_var, mean, var, momentum, one_minus_momentum, C):
+        # running = momentum * running + (1 - momentum) * batch, in the layer dtype
+        # (1 - momentum is computed on the host, so float32 kernels do no float64 maths)
+        for c in range(cuda.grid(1), C, cuda.gridsize(1)):
+            running_mean[c] = dt(momentum) * running_mean[c] + dt(one_minus_momentum) * mean[c]
+            running_var[c] = dt(momentum) * running_var[c] + dt(one_minus_momentum) * var[c]
+    return bn_running_update
+
+
+@kernel("bn_forward_apply", "AAAAAAAAiii")
+def _make_bn_forward_apply(dt):
+    def bn_forward_apply(x, mean, inv_std, gamma, beta, xc, xhat, out, total, C, L):
+        for e in range(cuda.grid(1), total, cuda.gridsize(1)):
+            c = (e // L) % C
+            v = x[e] - mean[c]
+            xn = v * inv_std[c]
+            xc[e] = v
+            xhat[e] = xn
+            out[e] = gamma[c] * xn + beta[c]
+    return bn_forward_apply
+
+
+BN_TEST, BN_STAGED, BN_ALT = 0, 1, 2
+
+
+@kernel("bn_backward_apply", "AAAAAAAAAAAiiiii")
+def _make_bn_backward_apply(dt):
+    def bn_backward_apply(dout, xc, xhat, gamma, std, inv_std, s_dout, s_dout_xc, s_xc, s_dout_xhat,
+                          dx, mode, M, total, C, L):
+        # The per-channel sums come from channel_sums; each thread finishes one dx.
+        for e in range(cuda.grid(1), total, cuda.gridsize(1)):
+            c = (e // L) % C
+            g = gamma[c]
+            inv = inv_std[c]
+            dxhat = dout[e] * g
+            if mode == BN_TEST:                  # the statistics are constants
+                dx[e] = dxhat * inv
+            elif mode == BN_STAGED:              # the reference's graph, node by node
+                sd = std[c]
+                dinv_std = g * s_dout_xc[c]
+                dvar = dt(0.5) * (-dinv_std / (sd * sd)) / sd
+                dxc = dxhat * inv + dt(2) * xc[e] * dvar / dt(M)
+                # associated as the reference's sum(dxhat * inv_std): exact zeros stay zeros for N = 1
+                dmu = -((s_dout[c] * g) * inv + dt(2) * dvar / dt(M) * s_xc[c])
+                dx[e] = dxc + dmu / dt(M)
+            else:                                # closed form
+                dx[e] = inv / dt(M) * (dt(M) * dxhat - g * s_dout[c] - xhat[e] * (g * s_dout_xhat[c]))
+    return bn_backward_apply
+
+
+# --------------------------------------------------------------------------- linear, relu, softmax
+
+@kernel("matmul", "AAAAiiiiiiii", shared_elems=2 * TILE * TILE)
+def _make_matmul(dt):
+    def matmul(A, B, out, bias, has_bias, M, Nc, K, sam, sak, sbk, sbn):
+        # out[m, n] = sum_k A[m*sam + k*sak] * B[k*sbk + n*sbn] (+ bias[n]); the
+        # strides express transposes without copies. Shared-memory tiled.
+        a_tile = cuda.shared.array((TILE, TILE), dt)
+        b_tile = cuda.shared.array((TILE, TILE), dt)
+        tx = cuda.threadIdx.x
+        ty = cuda.threadIdx.y
+        tiles_n = (Nc + TILE - 1) // TILE
+        ntiles = tiles_n * ((M + TILE - 1) // TILE)
+        for tile in range(cuda.blockIdx.x, ntiles, cuda.gridDim.x):
+            m = (tile // tiles_n) * TILE + ty
+            n = (tile % tiles_n) * TILE + tx
+            acc = dt(0)
+            for k0 in range(0, K, TILE):
+                k = k0 + tx
+                v = dt(0)
+                if m < M and k < K:
+                    v = A[m * sam + k * sak]
+                a_tile[ty, tx] = v
+                k = k0 + ty
+                v = dt(0)
+                if n < Nc and k < K:
+                    v = B[k * sbk + n * sbn]
+                b_tile[ty, tx] = v
+                cuda.syncthreads()
+                for q in range(TILE):
+                    acc += a_tile[ty, q] * b_tile[q, tx]
+                cuda.syncthreads()
+            if m < M and n < Nc:
+                if has_bias:
+                    acc += bias[n]
+                out[m * Nc + n] = acc
+    return matmul
+
+
+@kernel("relu_forward", "AAi")
+def _make_relu_forward(dt):
+    def relu_forward(x, out, total):
+        for e in range(cuda.grid(1), total, cuda.gridsize(1)):
+            v = x[e]
+            out[e] = v if v > dt(0) else dt(0)
+    return relu_forward
+
+
+@kernel("relu_backward", "AAAi")
+def _make_relu_backward(dt):
+    def relu_backward(x, dout, dx, total):
+        for e in range(cuda.grid(1), total, cuda.gridsize(1)):
+            dx[e] = dout[e] if x[e] > dt(0) else dt(0)
+    return relu_backward
+
+
+@kernel("softmax_loss_rows", "ALAAii")
+def _make_softmax_loss_rows(dt):
+    def softmax_loss_rows(x, y, dx, loss, N, C):
+        # One thread per row: shift by the row max so exp never overflows.
+        for row in range(cuda.grid(1), N, cuda.gridsize(1)):
+            base = row * C
+            top = x[base]
+            for c in range(1, C):
+                top = max(top, x[base + c])
+            total = dt(0)
+            for c in range(C):
+                total += math.exp(x[base + c] - top)
+            log_total = math.log(total)
+            label = y[row]
+            loss[row] = -(x[base + label] - top - log_total)
+            for c in range(C):
+                p = math.exp(x[base + c] - top - log_total)
+                if c == label:
+                    p -= dt(1)
+                dx[base + c] = p / dt(N)
+    return softmax_loss_rows

@@ -1,0 +1,184 @@
+"""The cuda backend beyond the shared conformance suite, on any machine:
+
+* device arrays in -> device arrays out (under the simulator ``cuda.to_device`` works);
+* every registered kernel compiles to PTX for compute capability 9.0 in both dtypes
+  (a subprocess with the simulator off: NVVM needs no driver), so code the simulator
+  accepts but a GPU would reject fails here;
+* launch configurations stay within the hardware limits.
+"""
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from numbaconv import get_backend
+
+nb = get_backend("cuda")
+from numbaconv.cuda import _runtime, kernels  # noqa: E402
+from numbaconv.cuda._runtime import cuda, is_device  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+CP = {"stride": 1, "pad": 1}
+PP = {"pool_height": 2, "pool_width": 2, "stride": 2}
+
+
+def _every_layer(x, w, b, gamma, beta, wl, bl, y, to):
+    """Forward and backward of every layer; ``to`` places the inputs. Returns all outputs."""
+    outs = []
+    a, c = nb.Conv.forward(to(x), to(w), to(b), CP)
+    outs += [a, *nb.Conv.backward(to(np.ones(a.shape, x.dtype)), c)]
+    p, c = nb.MaxPool.forward(to(x), PP)
+    outs += [p, nb.MaxPool.backward(to(np.ones(p.shape, x.dtype)), c)]
+    for layer, xin in ((nb.SpatialBatchNorm, x), (nb.BatchNorm, x.reshape(x.shape[0], -1)[:, :3])):
+        bn_param = {"mode": "train"}
+        xin = np.ascontiguousarray(xin)
+        o, c = layer.forward(to(xin), to(gamma), to(beta), bn_param)
+        outs += [o, *layer.backward(to(xin * 0.5), c), *layer.backward_alt(to(xin * 0.5), c),
+                 bn_param["running_mean"], bn_param["running_var"]]
+        bn_param["mode"] = "test"
+        outs.append(layer.forward(to(xin), to(gamma), to(beta), bn_param)[0])
+    o, c = nb.Linear.forward(to(x), to(wl), to(bl))
+    outs += [o, *nb.Linear.backward(to(np.ones(o.shape, x.dtype)), c)]
+    r, c = nb.ReLU.forward(to(x))
+    outs += [r, nb.ReLU.backward(to(x), c)]
+    loss, dx = nb.softmax_loss(to(o if not is_device(o) else o.copy_to_host()), y)
+    outs += [np.array(loss), dx]
+    return outs
+
+
+def _inputs(dtype):
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((2, 3, 4, 4)).astype(dtype)
+    return dict(x=x, w=rng.standard_normal((2, 3, 3, 3)).astype(dtype), b=rng.standard_normal(2).astype(dtype),
+                gamma=rng.standard_normal(3).astype(dtype), beta=rng.standard_normal(3).astype(dtype),
+                wl=rng.standard_normal((48, 5)).astype(dtype), bl=rng.standard_normal(5).astype(dtype),
+                y=np.array([1, 4]))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_device_arrays_in_device_arrays_out(dtype):
+    args = _inputs(dtype)
+    on_host = _every_layer(**args, to=lambda a: a)
+    on_device = _every_layer(**args, to=cuda.to_device)
+    assert len(on_host) == len(on_device) == 34
+    for h, d in zip(on_host, on_device):
+        if h.ndim == 0:   # the loss is a Python float either way
+            assert d == h
+            continue
+        assert isinstance(h, np.ndarray) and is_device(d), (type(h), type(d))
+        assert d.dtype == h.dtype == dtype and d.shape == h.shape
+        np.testing.assert_array_equal(d.copy_to_host(), h)   # same kernels, same bits
+
+
+def test_batchnorm_running_stats_stay_on_device():
+    x = cuda.to_device(np.arange(12.0).reshape(4, 3))
+    bn_param = {"mode": "train", "momentum": 0.5}
+    nb.BatchNorm.forward(x, cuda.to_device(np.ones(3)), cuda.to_device(np.zeros(3)), bn_param)
+    assert is_device(bn_param["running_mean"]) and is_device(bn_param["running_var"])
+    np.testing.assert_allclose(bn_param["running_mean"].copy_to_host(), 0.5 * np.array([4.5, 5.5, 6.5]))
+    np.testing.assert_allclose(bn_param["running_var"].copy_to_host(), 0.5 * np.full(3, 11.25))
+
+
+def test_backend_module_api():
+    assert nb.NAME == "cuda"
+    assert nb.is_available() is (not nb.SIMULATOR and cuda.is_available())   # never True in the simulator
+    nb.synchronize()
+    assert "NUMBA_ENABLE_CUDASIM=1" in nb.NO_GPU_HINT
+
+
+_PTX_SCRIPT = r"""
+import re
+import numpy as np
+from numba import cuda
+from numbaconv.cuda import kernels
+f64_maths = re.compile(r"\b(?:add|sub|mul|fma|div|sqrt|ex2|lg2|max|min|neg)\.[a-z.]*f64\b")
+compiled = 0
+for name in kernels.KERNELS:
+    for dtype in (np.float32, np.float64):
+        ptx, restype = cuda.compile_ptx(kernels.python_kernel(name, dtype), kernels.signature(name, dtype), cc=(9, 0))
+        assert ".target sm_90" in ptx, name
+        assert str(restype) == "none", (name, restype)
+        if dtype is np.float32:   # no silent promotion to double precision
+            assert not f64_maths.findall(ptx), (name, sorted(set(f64_maths.findall(ptx))))
+        compiled += 1
+print("compiled", compiled)
+"""
+
+
+def test_every_kernel_compiles_to_ptx_for_sm90():
+    env = {**os.environ, "NUMBA_ENABLE_CUDASIM": "0"}
+    proc = subprocess.run([sys.executable, "-c", _PTX_SCRIPT], env=env, capture_output=True, text=True,
+                          timeout=300, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"compiled {2 * len(kernels.KERNELS)}" in proc.stdout
+
+
+def test_no_kernel_escapes_the_registry():
+    # Kernels are compiled in one place only (kernels.get_kernel), so the PTX test
+    # above sees every kernel the backend can launch.
+    for path in (REPO / "numbaconv" / "cuda").glob("*.py"):
+        hits = re.findall(r"cuda\.jit\b", path.read_text())
+        assert len(hits) == (1 if path.name == "kernels.py" else 0), path.name
+
+
+class _Recorder:
+    """Stands in for compiled kernels: records each launch instead of running it."""
+
+    def __init__(self):
+        self.launches = []
+
+    def __call__(self, name, dtype):
+        def configure(config):
+            self.launches.append((name, *config))
+            return lambda *args: None
+        return type("K", (), {"__getitem__": lambda _, config: configure(config)})()
+
+
+def test_launch_configurations_within_hardware_limits(monkeypatch):
+    rec = _Recorder()
+    monkeypatch.setattr(kernels, "get_kernel", rec)
+    args = _inputs(np.float32)
+    args["x"] = np.zeros((8, 3, 32, 32), np.float32)   # a CIFAR-sized batch (kernels do not run)
+    args["wl"] = np.zeros((3 * 32 * 32, 5), np.float32)
+    args["y"] = np.zeros(8, np.int64)
+    with np.errstate(all="ignore"):
+        _every_layer(**args, to=lambda a: a)
+    assert {name for name, *_ in rec.launches} == set(kernels.KERNELS)   # every kernel is used
+    for name, grid, block in rec.launches:
+        _runtime.check_launch(grid, block)
+        threads = int(np.prod(block))
+        assert threads <= _runtime.MAX_THREADS_PER_BLOCK
+        if name == "channel_sums":   # the tree reduction needs a power of two within the shared slots
+            assert threads & (threads - 1) == 0 and threads <= kernels.RED_THREADS
+    # The GPU launch sizes (the simulator launches fewer threads) obey the same limits.
+    assert kernels.TILE ** 2 <= _runtime.MAX_THREADS_PER_BLOCK
+    g = _runtime.GPU_THREADS_1D
+    assert g <= kernels.RED_THREADS and g & (g - 1) == 0
+    for name in kernels.KERNELS:
+        assert kernels.shared_bytes(name, np.float64) <= _runtime.MAX_SHARED_BYTES, name
+
+
+def test_check_launch_rejects_oversized_configurations():
+    with pytest.raises(RuntimeError, match="exceeds 1024 threads"):
+        _runtime.check_launch(1, (32, 33))
+    with pytest.raises(RuntimeError, match="outside the CUDA limits"):
+        _runtime.check_launch((1, 70000), 32)
+
+
+def test_filters_too_large_for_shared_memory_are_a_clear_error():
+    with pytest.raises(ValueError, match=r"at most 2048 taps per channel, got w of shape \(1, 1, 50, 50\)"):
+        nb.Conv.forward(np.zeros((1, 1, 50, 50)), np.zeros((1, 1, 50, 50)), np.zeros(1), {"stride": 1, "pad": 0})
+
+
+def test_missing_numba_cuda_is_a_clear_import_error():
+    code = ("import importlib.util as u; real = u.find_spec\n"
+            "u.find_spec = lambda name, *a: None if name == 'numba_cuda' else real(name, *a)\n"
+            "import numbaconv.cuda")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert proc.returncode != 0
+    assert "ImportError: the numbaconv cuda backend needs the numba-cuda package: pip install 'numbaconv[cuda]'" \
+        in proc.stderr
