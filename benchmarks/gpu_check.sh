@@ -1,0 +1,92 @@
+#!/usr/bin/env bash
+# The cuda backend on a real GPU, in one go (under 8 minutes):
+#   1. install the project from this checkout (no network: --no-deps --no-index);
+#   2. run the cuda tests natively (NUMBA_ENABLE_CUDASIM=0): the shared suites
+#      including the numeric-gradient checks the simulator cannot afford, device
+#      arrays in/out, PTX for sm_90, launch limits;
+#   3. time the layers: numbaconv bench --device cuda --json "$OUT/cuda.json";
+#   4. print a summary against the targets (500x over the reference for conv and
+#      max pool forward+backward; conv forward+backward float32 within 3x of PyTorch/cuDNN).
+# Needs python3 with numpy, numba, numba-cuda, h5py, typer, rich, pytest,
+# pytest-benchmark (and torch for the cuDNN column). Results land in $OUT
+# (default: ./gpu_check_out). Exit code: 0 only if the tests and the bench passed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+OUT="${OUT:-$PWD/gpu_check_out}"
+mkdir -p "$OUT"
+export NUMBA_ENABLE_CUDASIM=0     # real kernels on the GPU, never the simulator
+export PYTHONUNBUFFERED=1
+
+echo "== machine"
+{
+  nvidia-smi --query-gpu=name,driver_version,memory.total,compute_cap --format=csv 2>&1 || echo "nvidia-smi not found"
+  python3 - <<'EOF'
+import platform, numpy, numba
+print("python", platform.python_version(), "| numpy", numpy.__version__, "| numba", numba.__version__)
+try:
+    from importlib.metadata import version
+    print("numba-cuda", version("numba-cuda"))
+except Exception as exc:
+    print("numba-cuda version unknown:", exc)
+try:
+    import torch
+    print("torch", torch.__version__, "| cuda", torch.version.cuda, "| cudnn", torch.backends.cudnn.version())
+except ImportError:
+    print("torch not installed")
+EOF
+} | tee "$OUT/machine.txt"
+
+echo "== install (no network)"
+timeout 120 python3 -m pip install --quiet --no-deps --no-build-isolation --no-index -e . 2>&1 | tail -5
+
+python3 - <<'EOF'
+import sys
+from numbaconv import get_backend
+nb = get_backend("cuda")
+if not nb.is_available():
+    sys.exit("gpu_check: numba.cuda sees no GPU (driver or CUDA runtime missing?); nothing to check")
+from numba import cuda
+print("GPU:", cuda.get_current_device().name)
+EOF
+
+status=0
+echo "== cuda tests, natively on the GPU"
+timeout 270 python3 -m pytest -q -p no:cacheprovider -o addopts="" -ra \
+  tests/test_cuda_backend.py tests/test_cuda_shared.py \
+  --junitxml "$OUT/cuda-tests.xml" 2>&1 | tee "$OUT/cuda-tests.txt" || status=1
+
+echo "== numbaconv bench --device cuda"
+timeout 180 python3 -m numbaconv_cli.main bench --device cuda --dtype float32 --repeat 5 \
+  --json "$OUT/cuda.json" 2>&1 | tee "$OUT/bench.txt" || status=1
+
+echo "== summary"
+python3 - "$OUT" "$status" <<'EOF'
+import json, sys
+from pathlib import Path
+out, status = Path(sys.argv[1]), int(sys.argv[2])
+tests = (out / "cuda-tests.txt").read_text().strip().splitlines()
+print("tests:", tests[-1] if tests else "no output")
+path = out / "cuda.json"
+if not path.exists():
+    print("bench: no JSON written")
+    sys.exit(1)
+rows = json.loads(path.read_text())["rows"]
+print(f"{'op':38} {'shape':34} {'cuda ms':>9} {'x ref':>9} {'x cpu':>7} {'cuda/torch':>10}")
+for r in rows:
+    ratio = r["ms"] / r["torch_ms"] if r.get("torch_ms") else None
+    fmt = lambda v, spec: format("-", ">" + spec.split(".")[0]) if v is None else format(v, spec)
+    print(f"{r['op']:38} {r['shape']:34} {fmt(r['ms'], '9.3f')} {fmt(r.get('speedup'), '9.0f')} "
+          f"{fmt(r.get('speedup_vs_cpu'), '7.1f')} {fmt(ratio, '10.2f')}")
+print("targets:")
+for op in ("conv forward+backward", "max pool forward+backward"):
+    s = [r["speedup"] for r in rows if r["op"] == op and r.get("speedup")]
+    print(f"  {op}: >= 500x over the reference: {'met' if s and min(s) >= 500 else 'NOT met'} "
+          f"(measured {', '.join(f'{v:,.0f}x' for v in s) or 'none'})")
+ratios = [r["ms"] / r["torch_ms"] for r in rows if r["op"] == "conv forward+backward" and r.get("torch_ms")]
+print(f"  conv forward+backward float32 within 3x of PyTorch/cuDNN: "
+      f"{'met' if ratios and max(ratios) <= 3 else 'NOT met'} "
+      f"(cuda/torch {', '.join(f'{v:.2f}' for v in ratios) or 'not measured'})")
+print("overall:", "PASS" if status == 0 else "FAIL (see above)")
+EOF
+exit "$status"
