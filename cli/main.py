@@ -5,7 +5,7 @@ with ``register(app)``; this file only lists them.
 """
 import typer
 
-from .commands import datasets, gradcheck
+from .commands import bench, datasets, gradcheck
 
 app = typer.Typer(
     name="numbaconv",
@@ -22,7 +22,7 @@ def main() -> None:
     """numbaconv: build, check, benchmark and train convnets on CIFAR-10."""
 
 
-for module in (gradcheck, datasets):
+for module in (gradcheck, datasets, bench):
     module.register(app)
 
 

@@ -130,7 +130,13 @@ class Conv:
         dout2 = np.empty((g.F, g.N * g.H_out * g.W_out), dtype=dout.dtype)
         db = np.empty(g.F, dtype=dout.dtype)
         _nchw_to_gemm(dout, dout2, db)
-        dw = matmul(dout2, cols.T).reshape(w_shape)
+        # dw2 = dout2 @ cols.T has the long N*P axis as its inner dimension; OpenBLAS
+        # handles it best with the larger output side as rows (measured: 64->128 @ 8x8
+        # 8x faster as (cols @ dout2.T).T, 3->32 @ 32x32 1.5x faster as is)
+        if cols.shape[0] > g.F:
+            dw = np.ascontiguousarray(matmul(cols, dout2.T).T).reshape(w_shape)
+        else:
+            dw = matmul(dout2, cols.T).reshape(w_shape)
         dcols = matmul(w2.T, dout2)
         dx = np.empty((g.N, g.C, g.H, g.W), dtype=dout.dtype)
         _col2im(dcols, g.HH, g.WW, g.stride, g.pad, g.H_out, g.W_out, dx)
