@@ -182,3 +182,31 @@ def test_missing_numba_cuda_is_a_clear_import_error():
     assert proc.returncode != 0
     assert "ImportError: the numbaconv cuda backend needs the numba-cuda package: pip install 'numbaconv[cuda]'" \
         in proc.stderr
+
+
+def test_conv_dw_split_over_columns_matches_reference():
+    # Enough output columns (N*H_out*W_out = 512) that dw is summed in two chunks
+    # and the chunks are added by sum_splits.
+    from numbaconv.cuda.conv import dw_splits
+    from numbaconv.gradcheck import rel_error
+
+    rng = np.random.default_rng(5)
+    x, w, b = rng.standard_normal((2, 2, 16, 16)), rng.standard_normal((3, 2, 3, 3)), rng.standard_normal(3)
+    assert dw_splits(1, 2 * 16 * 16)[0] == 2
+    ref = get_backend("reference")
+    out, cache = nb.Conv.forward(x, w, b, CP)
+    out_ref, cache_ref = ref.Conv.forward(x, w, b, CP)
+    assert rel_error(out, out_ref) < 1e-10
+    dout = rng.standard_normal(out.shape)
+    for g, g_ref in zip(nb.Conv.backward(dout, cache), ref.Conv.backward(dout, cache_ref)):
+        assert rel_error(g, g_ref) < 1e-10
+
+
+def test_without_gpu_or_simulator_a_clear_error():
+    code = ("import numpy as np\nfrom numbaconv import get_backend\nnb = get_backend('cuda')\n"
+            "if nb.is_available():\n    print('has a GPU')\nelse:\n"
+            "    try:\n        nb.ReLU.forward(np.ones(3))\n    except RuntimeError as e:\n        print('error:', e)\n")
+    proc = subprocess.run([sys.executable, "-c", code], env={**os.environ, "NUMBA_ENABLE_CUDASIM": "0"},
+                          capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.startswith("has a GPU") or proc.stdout.startswith("error: no CUDA GPU was found"), proc.stdout

@@ -56,6 +56,7 @@ def as_device(a, dtype=None):
         if dtype is not None and np.dtype(a.dtype) != np.dtype(dtype):
             raise ValueError(f"device array has dtype {a.dtype}, expected {np.dtype(dtype)}")
         return a
+    _require_gpu()
     return cuda.to_device(np.ascontiguousarray(a, dtype=dtype))
 
 
@@ -65,6 +66,7 @@ def flat(d):
 
 
 def empty(shape, dtype):
+    _require_gpu()
     return cuda.device_array(shape, dtype=np.dtype(dtype))
 
 
@@ -89,9 +91,26 @@ def check_launch(grid, block) -> tuple:
     return grid, block
 
 
+_gpu_seen = SIMULATOR
+
+
+def _require_gpu() -> None:
+    """Fail with one clear line, instead of a driver traceback, when there is no GPU."""
+    global _gpu_seen
+    if not _gpu_seen:
+        try:
+            found = cuda.is_available()
+        except Exception:  # a broken driver install reads as "no GPU"
+            found = False
+        if not found:
+            raise RuntimeError(NO_GPU_HINT)
+        _gpu_seen = True
+
+
 def launch(name: str, dtype, grid, block, *args) -> None:
     """Launch registered kernel ``name`` compiled for ``dtype``; the single launch point."""
     from .kernels import get_kernel
 
     grid, block = check_launch(grid, block)
+    _require_gpu()
     get_kernel(name, dtype)[grid, block](*args)

@@ -10,6 +10,20 @@ from .kernels import DX_SMEM, TILE
 from .reductions import channel_sums
 
 
+# dw sums over every output column (N * H_out * W_out of them): with few (f, k)
+# tiles that is a few blocks doing long loops, so the sum is split until about
+# DW_TARGET_BLOCKS blocks are busy, each split at least DW_MIN_CHUNK columns long.
+DW_TARGET_BLOCKS = 512
+DW_MIN_CHUNK = 16 * TILE
+
+
+def dw_splits(ntiles: int, columns: int) -> tuple[int, int]:
+    """(splits, columns per split) for the conv dw kernel; chunks are whole tiles."""
+    splits = max(1, min(math.ceil(DW_TARGET_BLOCKS / ntiles), columns // DW_MIN_CHUNK))
+    chunk = math.ceil(math.ceil(columns / splits) / TILE) * TILE
+    return math.ceil(columns / chunk), chunk
+
+
 class Conv:
     @staticmethod
     def forward(x, w, b, conv_param):
@@ -34,7 +48,13 @@ class Conv:
         dx, dw, db = empty(xd.shape, dtype), empty(wd.shape, dtype), empty((g.F,), dtype)
         K = g.C * g.HH * g.WW
         ntiles = math.ceil(K / TILE) * math.ceil(g.F / TILE)
-        launch("conv_backward_dw", dtype, blocks(ntiles, 1), (TILE, TILE), flat(xd), flat(dd), flat(dw), *g)
+        splits, chunk = dw_splits(ntiles, g.N * g.H_out * g.W_out)
+        partial = dw if splits == 1 else empty((splits, g.F, K), dtype)
+        launch("conv_backward_dw", dtype, blocks(ntiles * splits, 1), (TILE, TILE), flat(xd), flat(dd),
+               flat(partial), *g, splits, chunk)
+        if splits > 1:
+            launch("sum_splits", dtype, blocks(g.F * K, THREADS_1D), THREADS_1D, flat(partial), flat(dw), splits,
+                   g.F * K)
         ntiles = g.C * math.ceil(g.N * g.H * g.W / THREADS_1D)
         launch("conv_backward_dx", dtype, blocks(ntiles, 1), THREADS_1D, flat(wd), flat(dd), flat(dx), *g)
         channel_sums(dd, dd, g.N, g.F, g.H_out * g.W_out, sum_a=db)

@@ -136,11 +136,14 @@ def _make_conv_forward(dt):
     return conv_forward
 
 
-@kernel("conv_backward_dw", "AAAiiiiiiiiiii", shared_elems=2 * TILE * TILE)
+@kernel("conv_backward_dw", "AAAiiiiiiiiiiiii", shared_elems=2 * TILE * TILE)
 def _make_conv_backward_dw(dt):
-    def conv_backward_dw(x, dout, dw, N, C, H, W, F, HH, WW, stride, pad, Ho, Wo):
-        # dw[f, k] = sum over (n, p) of dout[n, f, p] * xcol[k, (n, p)]; each thread owns
-        # one dw[f, k] and sums over all (n, p) itself: no atomics, deterministic.
+    def conv_backward_dw(x, dout, partial, N, C, H, W, F, HH, WW, stride, pad, Ho, Wo, splits, chunk):
+        # dw[f, k] = sum over r = (n, p) of dout[n, f, p] * xcol[k, r]. The sum over r is
+        # cut into ``splits`` chunks of ``chunk`` columns, so that small layers (few
+        # (f, k) tiles, long sums) still fill the GPU. Each thread owns one
+        # partial[s, f, k] and sums its chunk itself: no atomics; sum_splits adds the
+        # chunks in order afterwards (with one split, partial is dw itself).
         d_tile = cuda.shared.array((TILE, TILE), dt)   # d_tile[f, rr] = dout at (f0 + f, r0 + rr)
         x_tile = cuda.shared.array((TILE, TILE), dt)   # x_tile[rr, kk] = xcol[k0 + kk, r0 + rr]
         tx = cuda.threadIdx.x
@@ -150,25 +153,28 @@ def _make_conv_backward_dw(dt):
         P = Ho * Wo
         NP = N * P
         tiles_k = (K + TILE - 1) // TILE
-        ntiles = tiles_k * ((F + TILE - 1) // TILE)
-        for tile in range(cuda.blockIdx.x, ntiles, cuda.gridDim.x):
-            f = (tile // tiles_k) * TILE + ty
-            k = (tile % tiles_k) * TILE + tx
+        tiles_fk = tiles_k * ((F + TILE - 1) // TILE)
+        for tile in range(cuda.blockIdx.x, tiles_fk * splits, cuda.gridDim.x):
+            sp = tile // tiles_fk
+            t = tile - sp * tiles_fk
+            f = (t // tiles_k) * TILE + ty
+            k = (t % tiles_k) * TILE + tx
             c = k // KK
             r = k - c * KK
             kh = r // WW
             kw = r - kh * WW
+            r_end = min(NP, (sp + 1) * chunk)
             acc = dt(0)
-            for r0 in range(0, NP, TILE):
+            for r0 in range(sp * chunk, r_end, TILE):
                 rr = r0 + tx
                 v = dt(0)
-                if f < F and rr < NP:
+                if f < F and rr < r_end:
                     n = rr // P
                     v = dout[(n * F + f) * P + (rr - n * P)]
                 d_tile[ty, tx] = v
                 rr = r0 + ty
                 v = dt(0)
-                if k < K and rr < NP:
+                if k < K and rr < r_end:
                     n = rr // P
                     p = rr - n * P
                     i = p // Wo
@@ -182,8 +188,20 @@ def _make_conv_backward_dw(dt):
                     acc += d_tile[ty, q] * x_tile[q, tx]
                 cuda.syncthreads()
             if f < F and k < K:
-                dw[f * K + k] = acc
+                partial[(sp * F + f) * K + k] = acc
     return conv_backward_dw
+
+
+@kernel("sum_splits", "AAii")
+def _make_sum_splits(dt):
+    def sum_splits(partial, out, splits, size):
+        # out[e] = sum over s of partial[s, e], in order (deterministic)
+        for e in range(cuda.grid(1), size, cuda.gridsize(1)):
+            acc = dt(0)
+            for sp in range(splits):
+                acc += partial[sp * size + e]
+            out[e] = acc
+    return sum_splits
 
 
 @kernel("conv_backward_dx", "AAAiiiiiiiiiii", shared_elems=DX_SMEM)
