@@ -1,0 +1,321 @@
+"""Convolutional networks with the assignment's contract.
+
+``model.params`` maps names (W1, b1, ..., gamma1, beta1, ...) to arrays;
+``model.loss(X)`` returns class scores (N, C) in test mode and
+``model.loss(X, y)`` returns ``(loss, grads)`` in train mode, with grads keyed
+like params. L2 regularisation adds ``reg * sum(W**2)`` over weights only (its
+gradient ``2 * reg * W``). Layers come from any backend (``backend="cpu"`` by
+default, ``"reference"`` for the loop-based spec, ``"cuda"``).
+
+>>> import numpy as np
+>>> net = DeepConvNet(input_dims=(3, 8, 8), num_filters=[4], max_pools=[0],
+...                   weight_scale="kaiming", dtype=np.float64, backend="reference", seed=0)
+>>> sorted(net.params)
+['W1', 'W2', 'b1', 'b2']
+>>> net.loss(np.zeros((2, 3, 8, 8))).shape
+(2, 10)
+
+``model.config()`` is a JSON-able dict that ``build_model`` turns back into
+an equal (freshly initialised) model; checkpoints store it.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .backends import get_backend
+from .init import kaiming_initializer
+from .layers import sandwiches
+
+POOL = {"pool_height": 2, "pool_width": 2, "stride": 2}
+
+
+def _pos_int(name: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def _float_dtype(dtype) -> np.dtype:
+    try:
+        dtype = np.dtype(dtype)
+    except TypeError:
+        raise ValueError(f"dtype must be float32 or float64, got {dtype!r}") from None
+    if dtype not in (np.float32, np.float64):
+        raise ValueError(f"dtype must be float32 or float64, got {dtype}")
+    return dtype
+
+
+def _input_dims(input_dims) -> tuple[int, int, int]:
+    try:
+        dims = tuple(input_dims)
+    except TypeError:
+        raise ValueError(f"input_dims must be (C, H, W), got {input_dims!r}") from None
+    if len(dims) != 3:
+        raise ValueError(f"input_dims must be (C, H, W), got {input_dims!r}")
+    return tuple(_pos_int(f"input_dims[{i}]", d) for i, d in enumerate(dims))
+
+
+def _reg(reg) -> float:
+    try:
+        value = float(reg)
+    except (TypeError, ValueError):
+        raise ValueError(f"reg must be a number >= 0, got {reg!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"reg must be a finite number >= 0, got {reg!r}")
+    return value
+
+
+def _weight_scale(weight_scale):
+    if isinstance(weight_scale, str):
+        if weight_scale != "kaiming":
+            raise ValueError(f"weight_scale must be a positive number or 'kaiming', got {weight_scale!r}")
+        return weight_scale
+    try:
+        value = float(weight_scale)
+    except (TypeError, ValueError):
+        raise ValueError(f"weight_scale must be a positive number or 'kaiming', got {weight_scale!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"weight_scale must be a positive number or 'kaiming', got {weight_scale!r}")
+    return value
+
+
+class _ConvNet:
+    """What both models share: input checks, L2, batched prediction, config."""
+
+    kind = ""
+
+    def _setup(self, input_dims, num_classes, reg, dtype, backend, seed):
+        self.input_dims = _input_dims(input_dims)
+        self.num_classes = _pos_int("num_classes", num_classes)
+        self.reg = _reg(reg)
+        self.dtype = _float_dtype(dtype)
+        self.nb = get_backend(backend)
+        self.backend = self.nb.NAME
+        self.L = sandwiches(self.backend)
+        self.seed = seed
+        self.rng = np.random.default_rng(seed)
+        self.params: dict[str, np.ndarray] = {}
+        self.bn_params: list[dict] = []
+
+    def _check_inputs(self, X, y):
+        """X (N, C, H, W) matching input_dims, cast to the model's dtype."""
+        if not hasattr(X, "shape") or not hasattr(X, "dtype"):
+            raise ValueError(f"X must be an array of shape (N, {', '.join(map(str, self.input_dims))}), "
+                             f"got {type(X).__name__}")
+        if X.ndim != 4 or tuple(X.shape[1:]) != self.input_dims:
+            raise ValueError(f"X must have shape (N, {', '.join(map(str, self.input_dims))}) for this model, "
+                             f"got {tuple(X.shape)}")
+        if X.shape[0] < 1:
+            raise ValueError(f"X holds no images: shape {tuple(X.shape)}")
+        if not np.issubdtype(X.dtype, np.number):
+            raise ValueError(f"X must hold numbers, got dtype {X.dtype}")
+        return np.asarray(X, dtype=self.dtype)
+
+    def _set_bn_mode(self, mode: str) -> None:
+        for bn_param in self.bn_params:
+            bn_param["mode"] = mode
+
+    def _data_loss(self, scores, y, grads_from_scores):
+        """softmax loss + L2 over weights; ``grads_from_scores`` backprops dscores."""
+        loss, dscores = self.nb.softmax_loss(scores, y)
+        grads = grads_from_scores(dscores)
+        for name, w in self.params.items():
+            if name.startswith("W"):
+                loss += self.reg * float(np.sum(w.astype(np.float64) ** 2))
+                grads[name] = grads[name] + (2.0 * self.reg) * w
+        return loss, grads
+
+    def predict(self, X, batch_size: int = 100) -> np.ndarray:
+        """Predicted labels (N,), computed in batches in test mode."""
+        batch_size = _pos_int("batch_size", batch_size)
+        N = X.shape[0]
+        preds = np.empty(N, dtype=np.int64)
+        for start in range(0, N, batch_size):
+            scores = self.loss(X[start:start + batch_size])
+            preds[start:start + batch_size] = np.argmax(scores, axis=1)
+        return preds
+
+    def param_shapes(self) -> dict[str, tuple]:
+        return {k: tuple(v.shape) for k, v in self.params.items()}
+
+
+class ThreeLayerConvNet(_ConvNet):
+    """conv - relu - 2x2 max pool - linear - relu - linear - softmax.
+
+    The conv keeps the spatial size (stride 1, pad (filter_size - 1) // 2, so
+    filter_size must be odd); H and W must be even for the pool.
+    """
+
+    kind = "three-layer"
+
+    def __init__(self, input_dims=(3, 32, 32), num_filters=32, filter_size=7, hidden_dim=100,
+                 num_classes=10, weight_scale=1e-3, reg=0.0, dtype=np.float32, backend="cpu", seed=None):
+        self._setup(input_dims, num_classes, reg, dtype, backend, seed)
+        self.num_filters = _pos_int("num_filters", num_filters)
+        self.filter_size = _pos_int("filter_size", filter_size)
+        self.hidden_dim = _pos_int("hidden_dim", hidden_dim)
+        self.weight_scale = _weight_scale(weight_scale)
+        C, H, W = self.input_dims
+        if self.filter_size % 2 == 0:
+            raise ValueError(f"filter_size must be odd so pad (K-1)//2 keeps the size, got {self.filter_size}")
+        if H % 2 or W % 2:
+            raise ValueError(f"input height and width must be even for the 2x2 pool, got input_dims {self.input_dims}")
+        F, K, Hd = self.num_filters, self.filter_size, self.hidden_dim
+        D = F * (H // 2) * (W // 2)
+        shapes = [("W1", (F, C, K, K), C * K * K, True), ("W2", (D, Hd), D, True),
+                  ("W3", (Hd, self.num_classes), Hd, False)]
+        for name, shape, fan_in, relu in shapes:
+            if self.weight_scale == "kaiming":
+                std = math.sqrt((2.0 if relu else 1.0) / fan_in)
+            else:
+                std = self.weight_scale
+            self.params[name] = (self.rng.standard_normal(shape) * std).astype(self.dtype)
+        self.params["b1"] = np.zeros(F, dtype=self.dtype)
+        self.params["b2"] = np.zeros(Hd, dtype=self.dtype)
+        self.params["b3"] = np.zeros(self.num_classes, dtype=self.dtype)
+        self.conv_param = {"stride": 1, "pad": (K - 1) // 2}
+
+    def config(self) -> dict:
+        return {"kind": self.kind, "input_dims": list(self.input_dims), "num_filters": self.num_filters,
+                "filter_size": self.filter_size, "hidden_dim": self.hidden_dim, "num_classes": self.num_classes,
+                "weight_scale": self.weight_scale, "reg": self.reg, "dtype": self.dtype.name,
+                "backend": self.backend}
+
+    def loss(self, X, y=None):
+        X = self._check_inputs(X, y)
+        p = self.params
+        h1, c1 = self.L.Conv_ReLU_Pool.forward(X, p["W1"], p["b1"], self.conv_param, POOL)
+        h2, c2 = self.L.Linear_ReLU.forward(h1, p["W2"], p["b2"])
+        scores, c3 = self.nb.Linear.forward(h2, p["W3"], p["b3"])
+        if y is None:
+            return scores
+
+        def backward(dscores):
+            grads = {}
+            dh2, grads["W3"], grads["b3"] = self.nb.Linear.backward(dscores, c3)
+            dh1, grads["W2"], grads["b2"] = self.L.Linear_ReLU.backward(dh2, c2)
+            _, grads["W1"], grads["b1"] = self.L.Conv_ReLU_Pool.backward(dh1, c1)
+            return grads
+
+        return self._data_loss(scores, y, backward)
+
+
+class DeepConvNet(_ConvNet):
+    """{conv 3x3 pad 1 - [spatial batchnorm] - relu - [2x2 pool]} x (L-1) - linear - softmax.
+
+    ``num_filters`` lists the filters of the L-1 conv layers; a 2x2 stride-2
+    pool follows each conv layer whose index is in ``max_pools``.
+    ``weight_scale`` is a std or "kaiming" (gain 2 for conv layers, 1 for the
+    final linear layer).
+    """
+
+    kind = "deep"
+
+    def __init__(self, input_dims=(3, 32, 32), num_filters=(8, 8, 8, 8, 8), max_pools=(0, 1, 2, 3, 4),
+                 batchnorm=False, num_classes=10, weight_scale=1e-3, reg=0.0, dtype=np.float32,
+                 backend="cpu", seed=None):
+        self._setup(input_dims, num_classes, reg, dtype, backend, seed)
+        try:
+            self.num_filters = [_pos_int(f"num_filters[{i}]", f) for i, f in enumerate(num_filters)]
+            pools = list(max_pools)
+        except TypeError:
+            raise ValueError(f"num_filters and max_pools must be lists, got {num_filters!r} and {max_pools!r}") from None
+        if not self.num_filters:
+            raise ValueError("num_filters must list at least one conv layer")
+        n_conv = len(self.num_filters)
+        for i in pools:
+            if isinstance(i, bool) or not isinstance(i, (int, np.integer)) or not 0 <= i < n_conv:
+                raise ValueError(f"max_pools entries must be conv layer indices in [0, {n_conv}), got {max_pools!r}")
+        if len(set(pools)) != len(pools):
+            raise ValueError(f"max_pools lists a layer twice: {max_pools!r}")
+        self.max_pools = sorted(int(i) for i in pools)
+        self.batchnorm = bool(batchnorm)
+        self.weight_scale = _weight_scale(weight_scale)
+        self.num_layers = n_conv + 1
+        C, H, W = self.input_dims
+        for i in self.max_pools:  # each pool halves the size; it must tile exactly
+            if H % 2 or W % 2:
+                raise ValueError(f"input_dims {self.input_dims} cannot be pooled {len(self.max_pools)} times: "
+                                 f"the size before the pool after layer {i} is {H}x{W}, not even")
+            H, W = H // 2, W // 2
+        c_in = C
+        for i, F in enumerate(self.num_filters, start=1):
+            self.params[f"W{i}"] = self._init((F, c_in, 3, 3), c_in, 3, relu=True)
+            self.params[f"b{i}"] = np.zeros(F, dtype=self.dtype)
+            if self.batchnorm:
+                self.params[f"gamma{i}"] = np.ones(F, dtype=self.dtype)
+                self.params[f"beta{i}"] = np.zeros(F, dtype=self.dtype)
+            c_in = F
+        D = c_in * H * W
+        self.params[f"W{self.num_layers}"] = self._init((D, self.num_classes), D, None, relu=False)
+        self.params[f"b{self.num_layers}"] = np.zeros(self.num_classes, dtype=self.dtype)
+        if self.batchnorm:
+            # Running statistics exist from the start (zeros, as the layers would create
+            # them on first use), so a fresh model predicts and checkpoints like a trained one.
+            self.bn_params = [{"mode": "train", "running_mean": np.zeros(F, dtype=self.dtype),
+                               "running_var": np.zeros(F, dtype=self.dtype)} for F in self.num_filters]
+        self.conv_param = {"stride": 1, "pad": 1}
+
+    def _init(self, shape, c_in, K, relu):
+        if self.weight_scale == "kaiming":
+            Dout = shape[0] if K is not None else shape[1]
+            return kaiming_initializer(c_in, Dout, K=K, relu=relu, dtype=self.dtype, rng=self.rng)
+        return (self.rng.standard_normal(shape) * self.weight_scale).astype(self.dtype)
+
+    def config(self) -> dict:
+        return {"kind": self.kind, "input_dims": list(self.input_dims), "num_filters": list(self.num_filters),
+                "max_pools": list(self.max_pools), "batchnorm": self.batchnorm, "num_classes": self.num_classes,
+                "weight_scale": self.weight_scale, "reg": self.reg, "dtype": self.dtype.name,
+                "backend": self.backend}
+
+    def loss(self, X, y=None):
+        X = self._check_inputs(X, y)
+        self._set_bn_mode("test" if y is None else "train")
+        p, L = self.params, self.L
+        caches = []
+        h = X
+        for i in range(1, self.num_layers):
+            w, b = p[f"W{i}"], p[f"b{i}"]
+            pool = (i - 1) in self.max_pools
+            if self.batchnorm:
+                args = (h, w, b, p[f"gamma{i}"], p[f"beta{i}"], self.conv_param, self.bn_params[i - 1])
+                layer = L.Conv_BatchNorm_ReLU_Pool if pool else L.Conv_BatchNorm_ReLU
+            else:
+                args = (h, w, b, self.conv_param)
+                layer = L.Conv_ReLU_Pool if pool else L.Conv_ReLU
+            h, cache = layer.forward(*args, *((POOL,) if pool else ()))
+            caches.append((layer, cache))
+        last = self.num_layers
+        scores, last_cache = self.nb.Linear.forward(h, p[f"W{last}"], p[f"b{last}"])
+        if y is None:
+            return scores
+
+        def backward(dscores):
+            grads = {}
+            dh, grads[f"W{last}"], grads[f"b{last}"] = self.nb.Linear.backward(dscores, last_cache)
+            for i in range(self.num_layers - 1, 0, -1):
+                layer, cache = caches[i - 1]
+                g = layer.backward(dh, cache)
+                dh, grads[f"W{i}"], grads[f"b{i}"] = g[:3]
+                if self.batchnorm:
+                    grads[f"gamma{i}"], grads[f"beta{i}"] = g[3], g[4]
+            return grads
+
+        return self._data_loss(scores, y, backward)
+
+
+MODELS = {ThreeLayerConvNet.kind: ThreeLayerConvNet, DeepConvNet.kind: DeepConvNet}
+
+
+def build_model(config: dict, **overrides):
+    """A fresh model from ``model.config()`` (``overrides`` replace entries, e.g. backend)."""
+    if not isinstance(config, dict) or config.get("kind") not in MODELS:
+        kind = config.get("kind") if isinstance(config, dict) else config
+        raise ValueError(f"model config must name a kind in {sorted(MODELS)}, got {kind!r}")
+    kwargs = {k: v for k, v in {**config, **overrides}.items() if k != "kind"}
+    try:
+        return MODELS[config["kind"]](**kwargs)
+    except TypeError as e:  # an unknown or missing key in a hand-edited config
+        raise ValueError(f"bad {config['kind']} model config: {e}") from None
