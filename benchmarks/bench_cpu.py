@@ -54,3 +54,48 @@ def test_op(benchmark, shape, op, impl, dtype):
     fn = numbaconv_op(get_backend(impl), op, shape, a)
     rounds = 2 if impl == "reference" else 5
     benchmark.pedantic(fn, rounds=rounds, warmup_rounds=1)
+
+
+_STARTUP_PROBE = """
+import time
+t0 = time.perf_counter()
+import numpy as np
+from numbaconv.bench import SMALL_SHAPES, _inputs, numbaconv_op, ops_for
+from numbaconv import get_backend
+nb = get_backend("cpu")
+t1 = time.perf_counter()
+for dtype in ("float32", "float64"):
+    for shape in SMALL_SHAPES:
+        for op in ops_for(shape, bn_alt=True):
+            numbaconv_op(nb, op, shape, _inputs(shape, np.dtype(dtype)))()
+    x = np.ones((2, 3), dtype)
+    out, cache = nb.Linear.forward(x, np.ones((3, 4), dtype), np.zeros(4, dtype))
+    nb.Linear.backward(out, cache)
+    out, cache = nb.ReLU.forward(x)
+    nb.ReLU.backward(x, cache)
+    nb.softmax_loss(x, np.array([0, 1]))
+    nb.BatchNorm.backward(x, nb.BatchNorm.forward(x, np.ones(3, dtype), np.zeros(3, dtype), {})[1])
+print(t1 - t0, time.perf_counter() - t1)
+"""
+
+
+def test_startup_first_call_vs_cached(benchmark, tmp_path):
+    """Every kernel in both dtypes, first in a process with an empty cache (compiles),
+    then in a second process (loads the cache). extra_info holds both times."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path / "numba-cache")}
+
+    def probe():
+        out = subprocess.run([sys.executable, "-c", _STARTUP_PROBE], env=env, capture_output=True, text=True,
+                             check=True)
+        return [float(v) for v in out.stdout.split()]
+
+    import_s, first_s = probe()
+    benchmark.extra_info.update(import_s=import_s, first_call_compile_s=first_s)
+    cached = benchmark.pedantic(probe, rounds=1, iterations=1)
+    benchmark.extra_info.update(cached_import_s=cached[0], cached_first_call_s=cached[1])
+    print(f"\nstartup: import {import_s:.2f} s, first calls (compiling) {first_s:.2f} s; "
+          f"second process: import {cached[0]:.2f} s, first calls (cached) {cached[1]:.2f} s")
