@@ -1,6 +1,6 @@
 """The built-in ``synthetic`` dataset: 10 classes of 32x32 colour images.
 
-Each image is a background of one random colour with a square patch (side 10-16
+Each image is a background of one random colour with a square patch (side 12-18
 pixels, anywhere in the image) drawn in a second random colour through a class
 mask, plus Gaussian pixel noise:
 
@@ -17,10 +17,14 @@ shape and orientation (what conv filters + ReLU detect anywhere in the image),
 while the two colours are drawn as an exchangeable pair (either may be the
 shape), so every pixel has the same expected value whatever the class. The
 class-conditional pixel means are equal, which leaves a linear classifier on
-raw pixels no first-order signal: it stays near chance (tests/test_data_synthetic.py).
+raw pixels no first-order signal. Measured (tests/test_data_synthetic.py): ridge
+regression on pixels, 1,500 training images, about 0.2 held-out accuracy (chance
+0.1; on CIFAR-10 a linear classifier reaches about 0.4); a two-conv-layer net
+(16 and 32 3x3 filters, plain SGD with momentum) trained on 4,000 images reached
+0.89 validation accuracy after 4 epochs.
 
-Generation is vectorised NumPy (about 0.1 s per 5,000 images) and deterministic
-for a given ``seed``.
+Generation is vectorised NumPy (well under a second per 5,000 images) and
+deterministic for a given ``seed``.
 """
 from __future__ import annotations
 
@@ -31,8 +35,8 @@ CLASS_NAMES = [
     "checkerboard", "disk", "ring", "plus", "cross", "dots",
 ]
 IMAGE_SIZE = 32
-MIN_SIDE, MAX_SIDE = 10, 16
-NOISE_STD = 30.0
+MIN_SIDE, MAX_SIDE = 12, 18
+NOISE_STD = 20.0
 # Minimum Euclidean RGB distance between the two colours, so the shape is visible.
 MIN_CONTRAST = 100.0
 
@@ -123,7 +127,11 @@ def _generate(num_images: int, seed: int, stream: int) -> tuple[np.ndarray, np.n
         sel = np.flatnonzero(labels == k)
         mask[sel] = _pattern(k, u[sel], v[sel], side3[sel], phase3[sel])
     fg, bg = _colour_pairs(rng, n)
-    images = np.where(mask[:, None], fg[:, :, None, None], bg[:, :, None, None]).astype(np.float32)
-    images += rng.standard_normal(images.shape, dtype=np.float32) * np.float32(NOISE_STD)
+    fg, bg = fg.astype(np.float32), bg.astype(np.float32)
+    images = np.where(mask[:, None], fg[:, :, None, None], bg[:, :, None, None])
+    noise = rng.standard_normal(images.shape, dtype=np.float32)
+    noise *= np.float32(NOISE_STD)
+    images += noise
     np.clip(images, 0, 255, out=images)
-    return np.rint(images).astype(np.uint8), labels
+    np.rint(images, out=images)
+    return images.astype(np.uint8), labels
