@@ -210,3 +210,22 @@ def test_without_gpu_or_simulator_a_clear_error():
                           capture_output=True, text=True, timeout=120, cwd=REPO)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.startswith("has a GPU") or proc.stdout.startswith("error: no CUDA GPU was found"), proc.stdout
+
+
+def test_conv_more_filters_than_one_block_tile_matches_reference():
+    # F = 70 > kernels.BLOCK_F: filters span two block tiles of the forward kernel
+    # and five TILE rows of the dw kernel.
+    from numbaconv.cuda.kernels import BLOCK_F
+    from numbaconv.gradcheck import rel_error
+
+    rng = np.random.default_rng(6)
+    x, w, b = rng.standard_normal((1, 2, 3, 3)), rng.standard_normal((70, 2, 1, 1)), rng.standard_normal(70)
+    assert w.shape[0] > BLOCK_F
+    ref = get_backend("reference")
+    cp = {"stride": 1, "pad": 0}
+    out, cache = nb.Conv.forward(x, w, b, cp)
+    out_ref, cache_ref = ref.Conv.forward(x, w, b, cp)
+    assert rel_error(out, out_ref) < 1e-10
+    dout = rng.standard_normal(out.shape)
+    for g, g_ref in zip(nb.Conv.backward(dout, cache), ref.Conv.backward(dout, cache_ref)):
+        assert rel_error(g, g_ref) < 1e-10

@@ -6,7 +6,7 @@ import numpy as np
 
 from ..checks import check_dout, conv_geometry
 from ._runtime import THREADS_1D, as_device, blocks, empty, flat, is_device, launch, result
-from .kernels import DX_SMEM, TILE
+from .kernels import BLOCK_COLS, BLOCK_F, DX_SMEM, TILE
 from .reductions import channel_sums
 
 
@@ -35,7 +35,7 @@ class Conv:
         dtype = np.dtype(x.dtype)
         xd, wd, bd = as_device(x), as_device(w), as_device(b)
         out = empty((g.N, g.F, g.H_out, g.W_out), dtype)
-        ntiles = math.ceil(g.N * g.H_out * g.W_out / TILE) * math.ceil(g.F / TILE)
+        ntiles = math.ceil(g.N * g.H_out * g.W_out / BLOCK_COLS) * math.ceil(g.F / BLOCK_F)
         launch("conv_forward", dtype, blocks(ntiles, 1), (TILE, TILE), flat(xd), flat(wd), flat(bd), flat(out), *g)
         return result(out, not is_device(x)), (xd, wd, g, dtype)
 

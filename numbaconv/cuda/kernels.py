@@ -88,51 +88,90 @@ def get_kernel(name: str, dtype):
 # with k = (c, kh, kw) and p = (i, j); xcol is gathered from x on the fly (zero
 # padding is a bounds check), never materialised.
 
-@kernel("conv_forward", "AAAAiiiiiiiiiii", shared_elems=2 * TILE * TILE)
+# conv forward block tile: BLOCK_F filters x BLOCK_COLS output columns, TILE x TILE
+# threads, each computing a REG x REG register tile of outputs (two shared reads
+# per REG*REG/2 multiply-adds instead of two per one).
+REG = 4
+BLOCK_F = TILE * REG
+BLOCK_COLS = TILE * REG
+
+
+@kernel("conv_forward", "AAAAiiiiiiiiiii", shared_elems=2 * TILE * BLOCK_F)
 def _make_conv_forward(dt):
     def conv_forward(x, w, b, out, N, C, H, W, F, HH, WW, stride, pad, Ho, Wo):
-        # Block = TILE x TILE outputs (filters ty x columns tx); each thread owns one.
-        w_tile = cuda.shared.array((TILE, TILE), dt)   # w_tile[f, kk] = w[f0 + f, k0 + kk]
-        x_tile = cuda.shared.array((TILE, TILE), dt)   # x_tile[kk, col] = xcol[k0 + kk, col0 + col]
+        # Thread (ty, tx) owns outputs f = f0 + ty + TILE*a, col = c0 + tx + TILE*q for
+        # a, q < REG: strided, so shared reads are conflict-free and writes coalesced.
+        w_tile = cuda.shared.array((TILE, BLOCK_F), dt)      # w_tile[kk, fl] = w[f0 + fl, k0 + kk]
+        x_tile = cuda.shared.array((TILE, BLOCK_COLS), dt)   # x_tile[kk, cl] = xcol[k0 + kk, c0 + cl]
+        acc = cuda.local.array((REG, REG), dt)
+        w_reg = cuda.local.array(REG, dt)
+        x_reg = cuda.local.array(REG, dt)
         tx = cuda.threadIdx.x
         ty = cuda.threadIdx.y
+        tid = ty * TILE + tx
         KK = HH * WW
         K = C * KK
         P = Ho * Wo
         NP = N * P
-        tiles_col = (NP + TILE - 1) // TILE
-        ntiles = tiles_col * ((F + TILE - 1) // TILE)
+        tiles_col = (NP + BLOCK_COLS - 1) // BLOCK_COLS
+        ntiles = tiles_col * ((F + BLOCK_F - 1) // BLOCK_F)
+        # The loads: thread tid fetches w column kk = tid % TILE of rows tid // TILE + TILE*e,
+        # and x column cl = tid % BLOCK_COLS of rows tid // BLOCK_COLS + (TILE*TILE // BLOCK_COLS)*e.
+        w_kk = tid % TILE
+        w_fl = tid // TILE
+        x_cl = tid % BLOCK_COLS
+        x_kk = tid // BLOCK_COLS
+        x_step = TILE * TILE // BLOCK_COLS
         for tile in range(cuda.blockIdx.x, ntiles, cuda.gridDim.x):
-            f = (tile // tiles_col) * TILE + ty
-            col = (tile % tiles_col) * TILE + tx
+            f0 = (tile // tiles_col) * BLOCK_F
+            c0 = (tile % tiles_col) * BLOCK_COLS
+            col = c0 + x_cl                      # the column this thread loads
             n = col // P
             p = col - n * P
-            i = p // Wo
-            j = p - i * Wo
-            acc = dt(0)
+            hi0 = (p // Wo) * stride - pad
+            wi0 = (p - (p // Wo) * Wo) * stride - pad
+            xbase = n * C * H * W
+            for a in range(REG):
+                for q in range(REG):
+                    acc[a, q] = dt(0)
             for k0 in range(0, K, TILE):
-                k = k0 + tx                       # coalesced: consecutive tx, consecutive k
-                v = dt(0)
-                if f < F and k < K:
-                    v = w[f * K + k]
-                w_tile[ty, tx] = v
-                k = k0 + ty                       # coalesced: consecutive tx, consecutive columns
-                v = dt(0)
-                if col < NP and k < K:
-                    c = k // KK
-                    r = k - c * KK
-                    kh = r // WW
-                    h = i * stride - pad + kh
-                    ww = j * stride - pad + (r - kh * WW)
-                    if h >= 0 and h < H and ww >= 0 and ww < W:
-                        v = x[((n * C + c) * H + h) * W + ww]
-                x_tile[ty, tx] = v
+                for e in range(REG):
+                    f = f0 + w_fl + TILE * e
+                    k = k0 + w_kk
+                    v = dt(0)
+                    if f < F and k < K:
+                        v = w[f * K + k]         # coalesced: consecutive tx, consecutive k
+                    w_tile[w_kk, w_fl + TILE * e] = v
+                for e in range(BLOCK_COLS * TILE // (TILE * TILE)):
+                    kk = x_kk + x_step * e
+                    k = k0 + kk
+                    v = dt(0)
+                    if col < NP and k < K:
+                        c = k // KK
+                        r = k - c * KK
+                        kh = r // WW
+                        h = hi0 + kh
+                        ww = wi0 + (r - kh * WW)
+                        if h >= 0 and h < H and ww >= 0 and ww < W:
+                            v = x[xbase + (c * H + h) * W + ww]   # coalesced along columns
+                    x_tile[kk, x_cl] = v
                 cuda.syncthreads()
                 for kk in range(TILE):
-                    acc += w_tile[ty, kk] * x_tile[kk, tx]
+                    for a in range(REG):
+                        w_reg[a] = w_tile[kk, ty + TILE * a]
+                    for q in range(REG):
+                        x_reg[q] = x_tile[kk, tx + TILE * q]
+                    for a in range(REG):
+                        for q in range(REG):
+                            acc[a, q] += w_reg[a] * x_reg[q]
                 cuda.syncthreads()
-            if f < F and col < NP:
-                out[(n * F + f) * P + p] = acc + b[f]
+            for a in range(REG):
+                f = f0 + ty + TILE * a
+                for q in range(REG):
+                    col = c0 + tx + TILE * q
+                    if f < F and col < NP:
+                        n = col // P
+                        out[(n * F + f) * P + (col - n * P)] = acc[a, q] + b[f]
     return conv_forward
 
 
