@@ -460,18 +460,22 @@ def test_cli_train_only_and_url(tmp_path, server):
     assert sorted(p.name for p in out.parent.iterdir()) == ["x.h5"]
 
 
-@pytest.mark.parametrize("args, match", [
-    (["--md5", "0" * 32], "checksum mismatch"),
-    (["--source", "/no/such/archive.tar.gz"], "source /no/such/archive.tar.gz does not exist"),
+@pytest.mark.parametrize("make, extra, match", [
+    (lambda d: make_archive(d / "src.tar.gz", _members()), ["--md5", "0" * 32], "checksum mismatch"),
+    (lambda d: d / "nowhere.tar.gz", [], "nowhere.tar.gz does not exist"),
+    (lambda d: _truncate(make_archive(d / "src.tar.gz", _members()), 0.5), [], "is truncated or corrupt"),
+    (lambda d: make_archive(d / "src.tar.gz", _members(drop=["data_batch_3"])), [], "is missing data_batch_3"),
+    (lambda d: make_archive(d / "src.tar.gz", _members(extra={"test_batch": pickle.dumps(_Evil(d / "x"))})), [],
+     "refused pickle global"),
 ])
-def test_cli_errors_are_one_line(archive, tmp_path, args, match):
-    if "--source" not in args:
-        args = args + ["--source", str(archive)]
-    result = runner.invoke(app, ["datasets", "cifar10", "--out", str(tmp_path / "o.h5")] + args)
+def test_cli_errors_are_one_line(tmp_path, make, extra, match):
+    src = make(tmp_path)
+    result = runner.invoke(app, ["datasets", "cifar10", "--source", str(src), "--out", str(tmp_path / "o.h5")] + extra)
     assert result.exit_code == 1 and "Traceback" not in result.output
     lines = result.output.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error:") and match in lines[0]
-    assert not (tmp_path / "o.h5").exists()
+    assert len(lines) == 1 and lines[0].startswith("error:") and match in lines[0], result.output
+    assert not (tmp_path / "o.h5").exists() and not (tmp_path / "x").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".part")]
 
 
 def test_cli_missing_cifar10_and_synthetic_info(tmp_path, monkeypatch):

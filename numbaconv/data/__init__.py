@@ -25,8 +25,9 @@ from .synthetic import synthetic_images, synthetic_test_images
 __all__ = ["Dataset", "DatasetError", "load_dataset", "preprocess", "synthetic_images", "data_home",
            "dataset_path", "describe_dataset"]
 
-# Size of the built-in synthetic set when num_train is not given (train + val), and of its test split.
-SYNTHETIC_TRAIN_SIZE = 5000
+# The built-in synthetic set: training images when num_train is not given (the num_val validation
+# images come on top), and the size of its test split.
+SYNTHETIC_NUM_TRAIN = 4000
 SYNTHETIC_TEST_SIZE = 1000
 
 
@@ -85,13 +86,14 @@ def describe_dataset(name_or_path: str = "synthetic", data_home: str | None = No
     """Splits, per-class counts and provenance without preprocessing (for ``numbaconv datasets info``):
     {"splits": {name: size}, "counts": {name: per-class counts}, "class_names", "attrs"}."""
     if name_or_path == "synthetic":
-        _, y_train = synthetic_images(SYNTHETIC_TRAIN_SIZE)
+        _, y_train = synthetic_images(SYNTHETIC_NUM_TRAIN + 1000)  # as load_dataset() with defaults
         _, y_test = synthetic_test_images(SYNTHETIC_TEST_SIZE)
         n = len(SYNTHETIC_CLASS_NAMES)
         return {"splits": {"train": len(y_train), "test": len(y_test)},
                 "counts": {"train": np.bincount(y_train, minlength=n), "test": np.bincount(y_test, minlength=n)},
                 "class_names": list(SYNTHETIC_CLASS_NAMES),
-                "attrs": {"source": "synthetic (built-in, seed 0; load_dataset sizes it by num_train + num_val)"}}
+                "attrs": {"source": "synthetic (built-in, seed 0; train = what load_dataset() splits into "
+                                     f"{SYNTHETIC_NUM_TRAIN} train + 1000 val by default)"}}
     stored = read_h5(dataset_path(name_or_path, data_home))  # reads everything: a full check of the file
     n = len(stored.class_names)
     return {"splits": {k: len(s.labels) for k, s in stored.splits.items()},
@@ -104,8 +106,8 @@ def load_dataset(name_or_path: str = "synthetic", num_val: int = 1000, num_train
                  seed: int = 0) -> Dataset:
     """Load and preprocess a dataset.
 
-    ``"synthetic"``: the built-in set (``seed`` picks it; num_val + num_train images, 4,000 + num_val by
-    default, and 1,000 test images). ``"cifar10"``: ``<data_home>/cifar10.h5`` as written by
+    ``"synthetic"``: the built-in set, generated from ``seed`` (num_train + num_val training images,
+    num_train 4,000 by default, and 1,000 test images); ``seed`` is ignored for files. ``"cifar10"``: ``<data_home>/cifar10.h5`` as written by
     ``numbaconv datasets cifar10``. Anything else: the path of an HDF5 file in our layout.
 
     The last ``num_val`` training images become the validation split; ``num_train`` then keeps the first
@@ -118,7 +120,7 @@ def load_dataset(name_or_path: str = "synthetic", num_val: int = 1000, num_train
         raise ValueError(f"dtype must be float32 or float64, got {np.dtype(dtype)}")
 
     if name_or_path == "synthetic":
-        total = num_val + (num_train if num_train is not None else SYNTHETIC_TRAIN_SIZE - 1000)
+        total = num_val + (num_train if num_train is not None else SYNTHETIC_NUM_TRAIN)
         images, labels = synthetic_images(total, seed)
         test = synthetic_test_images(SYNTHETIC_TEST_SIZE, seed)
         class_names, source = list(SYNTHETIC_CLASS_NAMES), "synthetic"
