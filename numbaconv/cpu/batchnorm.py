@@ -5,6 +5,8 @@ P = H*W, so both normalise per channel over N*P values and no transpose is
 needed. Every kernel is parallel over channels: an iteration owns its
 channel's statistics, dgamma, dbeta and its slice of dx. Sums are accumulated
 in float64 in a fixed order (so float32 results are accurate and repeatable).
+The normalised input xhat is not stored: backward recomputes it from x with the
+forward's exact expression, which saves a full-size write per forward pass.
 """
 import numpy as np
 from numba import njit, prange
@@ -13,7 +15,7 @@ from ..checks import batchnorm_params, check_dout
 
 
 @njit(parallel=True, cache=True)
-def _bn_forward(x, gamma, beta, eps, train, mean, var, std, xhat, out):
+def _bn_forward(x, gamma, beta, eps, train, mean, var, std, out):
     # train: mean/var are written (batch statistics); test: they are read (running statistics)
     N, C, P = x.shape
     M = N * P
@@ -39,13 +41,11 @@ def _bn_forward(x, gamma, beta, eps, train, mean, var, std, xhat, out):
         bt = np.float64(beta[c])
         for n in range(N):
             for p in range(P):
-                h = (x[n, c, p] - mu) * inv
-                xhat[n, c, p] = h
-                out[n, c, p] = g * h + bt
+                out[n, c, p] = g * ((x[n, c, p] - mu) * inv) + bt
 
 
 @njit(parallel=True, cache=True)
-def _bn_backward(dout, x, xhat, mean, std, gamma, train, staged, dx, dgamma, dbeta):
+def _bn_backward(dout, x, mean, std, gamma, train, staged, dx, dgamma, dbeta):
     N, C, P = dout.shape
     M = N * P
     for c in prange(C):
@@ -60,9 +60,10 @@ def _bn_backward(dout, x, xhat, mean, std, gamma, train, staged, dx, dgamma, dbe
             for p in range(P):
                 d = np.float64(dout[n, c, p])
                 sb += d
-                sg += d * xhat[n, c, p]
+                xc = x[n, c, p] - mu
+                sg += d * (xc * inv)  # xhat, recomputed with forward's exact expression
                 if staged:
-                    sxc += d * g * (x[n, c, p] - mu)
+                    sxc += d * g * xc
         dbeta[c] = sb
         dgamma[c] = sg
         if not train:  # the statistics are constants
@@ -90,7 +91,8 @@ def _bn_backward(dout, x, xhat, mean, std, gamma, train, staged, dx, dgamma, dbe
             b = g * sg
             for n in range(N):
                 for p in range(P):
-                    dx[n, c, p] = inv / M * (M * (dout[n, c, p] * g) - a - xhat[n, c, p] * b)
+                    h = (x[n, c, p] - mu) * inv
+                    dx[n, c, p] = inv / M * (M * (dout[n, c, p] * g) - a - h * b)
 
 
 def _running_stats(bn_param, C, dtype):
@@ -113,23 +115,22 @@ def _forward(x, gamma, beta, bn_param, spatial):
         mean = np.ascontiguousarray(running_mean, dtype=x.dtype)
         var = np.ascontiguousarray(running_var, dtype=x.dtype)
     std = np.empty(C, x.dtype)
-    xhat, out = np.empty_like(x3), np.empty_like(x3)
-    _bn_forward(x3, np.ascontiguousarray(gamma), np.ascontiguousarray(beta), eps, train,
-                mean, var, std, xhat, out)
+    out = np.empty_like(x3)
+    _bn_forward(x3, np.ascontiguousarray(gamma), np.ascontiguousarray(beta), eps, train, mean, var, std, out)
     if train:  # C elements: a plain NumPy update, the same expression as the reference
         bn_param["running_mean"] = (momentum * running_mean + (1 - momentum) * mean).astype(x.dtype)
         bn_param["running_var"] = (momentum * running_var + (1 - momentum) * var).astype(x.dtype)
-    return out.reshape(shape), (train, x3, xhat, mean, std, np.ascontiguousarray(gamma), shape)
+    return out.reshape(shape), (train, x3, mean, std, np.ascontiguousarray(gamma), shape)
 
 
 def _backward(dout, cache, layer, staged):
-    train, x3, xhat, mean, std, gamma, shape = cache
+    train, x3, mean, std, gamma, shape = cache
     check_dout(dout, shape, x3.dtype, layer)
     d3 = np.ascontiguousarray(dout).reshape(x3.shape)
     C = x3.shape[1]
     dx = np.empty_like(x3)
     dgamma, dbeta = np.empty(C, x3.dtype), np.empty(C, x3.dtype)
-    _bn_backward(d3, x3, xhat, mean, std, gamma, train, staged, dx, dgamma, dbeta)
+    _bn_backward(d3, x3, mean, std, gamma, train, staged, dx, dgamma, dbeta)
     return dx.reshape(shape), dgamma, dbeta
 
 
