@@ -1,0 +1,431 @@
+"""The Solver: minibatch training with the assignment's keyword arguments.
+
+>>> # solver = Solver(model, {"X_train": X, "y_train": y, "X_val": Xv, "y_val": yv},
+>>> #                 update_rule="adam", optim_config={"learning_rate": 1e-3},
+>>> #                 lr_decay=0.95, batch_size=100, num_epochs=10, seed=0)
+>>> # solver.train()                 # or solver.train(time_limit=60.0)
+>>> # solver.best_val_acc, solver.loss_history, solver.val_acc_history
+
+Training state is exact and resumable: ``state_dict()`` / ``load_state_dict()``
+carry the weights, batch-norm running statistics, optimizer state, epoch,
+iteration, the random generators' states and the histories, so a run
+interrupted (Ctrl-C raises KeyboardInterrupt out of ``train()`` at a clean
+point) and resumed ends with the same weights as an uninterrupted one.
+
+A step is all or nothing: an interrupt or a non-finite loss inside a step
+rolls back the minibatch generator and the running statistics the forward pass
+touched, and the new weights are committed with SIGINT held off.
+
+History (plain lists, what ``history()`` returns and history.json holds):
+  loss       the training loss of every iteration
+  epoch, iteration, time, lr, train_acc, val_acc
+             one entry per accuracy check (at every epoch end, and when a time
+             limit stops training mid-epoch): the (fractional) epoch, the
+             iterations done, the training seconds spent (steps only), the
+             learning rate used, and the two accuracies
+Hooks for extensions: ``schedule(solver)`` runs before every step (set the
+learning rate with ``solver.set_learning_rate``; it must depend only on solver
+state, such as ``solver.iteration`` or ``solver.train_time``, to stay
+resumable); ``augment(X, y, rng)`` transforms each minibatch with the solver's
+generator; ``on_iteration(solver)`` and ``on_epoch_end(solver)`` are called
+after each committed step and epoch end (progress displays, checkpoints).
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import signal
+import time
+from typing import Any, Callable
+
+import numpy as np
+
+from .optim import DEFAULTS, get_update_rule
+
+HISTORY_KEYS = ("epoch", "iteration", "time", "lr", "train_acc", "val_acc")
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The loss of a step was NaN or infinite; the step was rolled back."""
+
+    def __init__(self, loss: float, iteration: int, epoch: int):
+        self.loss, self.iteration, self.epoch = loss, iteration, epoch
+        super().__init__(f"the training loss became {loss} at iteration {iteration + 1} (epoch {epoch + 1}); "
+                         f"the step was not applied. A lower learning rate usually helps.")
+
+
+@contextlib.contextmanager
+def _sigint_deferred():
+    """Hold a Ctrl-C that arrives inside the block and deliver it after, so a
+    multi-part update is never left half done. (Python runs signal handlers in
+    the main thread only; elsewhere this is a no-op.)"""
+    received = []
+    try:
+        old = signal.signal(signal.SIGINT, lambda signum, frame: received.append(frame))
+    except ValueError:  # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, old)
+        if received and old is not signal.SIG_IGN:
+            if callable(old):
+                old(signal.SIGINT, received[0])
+            else:  # SIG_DFL or a handler installed from C: behave like Python's default
+                raise KeyboardInterrupt
+
+
+def _get(data: Any, key: str):
+    if isinstance(data, dict):
+        if key not in data:
+            raise ValueError(f"data is missing {key!r} (got keys {sorted(data)})")
+        return data[key]
+    if not hasattr(data, key):
+        raise ValueError(f"data has no attribute {key!r}")
+    return getattr(data, key)
+
+
+def _check_split(X, y, split: str):
+    if not hasattr(X, "shape") or X.ndim != 4:
+        raise ValueError(f"X_{split} must be an array (N, C, H, W), got {getattr(X, 'shape', type(X).__name__)}")
+    y = np.asarray(y)
+    if y.ndim != 1 or y.shape[0] != X.shape[0]:
+        raise ValueError(f"y_{split} must have shape ({X.shape[0]},) to match X_{split} {tuple(X.shape)}, got {y.shape}")
+    if not np.issubdtype(y.dtype, np.integer):
+        raise ValueError(f"y_{split} must hold integer labels, got dtype {y.dtype}")
+    if X.shape[0] < 1:
+        raise ValueError(f"the {split} split is empty: X_{split} has shape {tuple(X.shape)}")
+    return X, y
+
+
+def _opt_int(name: str, value, allow_none: bool = False):
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name} must be a positive integer{' or None' if allow_none else ''}, got {value!r}")
+    return int(value)
+
+
+def _copy_bn(bn_params: list[dict]) -> list[dict]:
+    return [{k: np.array(bp[k], copy=True) for k in ("running_mean", "running_var") if bp.get(k) is not None}
+            for bp in bn_params]
+
+
+def _restore_bn(bn_params: list[dict], saved: list[dict]) -> None:
+    for bp, s in zip(bn_params, saved):
+        for k in ("running_mean", "running_var"):
+            if k in s:
+                bp[k] = np.array(s[k], copy=True)
+            else:
+                bp.pop(k, None)
+
+
+def evaluate_accuracy(model, X, y, batch_size: int = 100) -> tuple[float, np.ndarray]:
+    """(accuracy, per-class accuracy over model.num_classes; NaN for a class absent from y)."""
+    X, y = _check_split(X, y, "eval")
+    preds = model.predict(X, batch_size=batch_size)
+    correct = preds == y
+    per_class = np.full(model.num_classes, np.nan)
+    for c in range(model.num_classes):
+        mask = y == c
+        if mask.any():
+            per_class[c] = float(correct[mask].mean())
+    return float(correct.mean()), per_class
+
+
+class Solver:
+    """Trains a model (``params``, ``loss(X, y=None)``) on ``data`` (a dict or an
+    object with X_train, y_train, X_val, y_val).
+
+    Keyword arguments (the assignment's, plus seed and hooks):
+      update_rule ("sgd"), optim_config ({}), lr_decay (1.0, applied at each
+      epoch end), batch_size (100), num_epochs (10), print_every (10),
+      verbose (True), num_train_samples (1000: train accuracy is checked on a
+      random subset of this size; None for all), num_val_samples (None: all),
+      checkpoint_name (None; else ``{name}_epoch_{e}.h5`` after every epoch),
+      seed (None: fresh entropy) for minibatch sampling, schedule, augment,
+      on_iteration, on_epoch_end (see the module docstring).
+    """
+
+    def __init__(self, model, data, **kwargs):
+        self.model = model
+        self.X_train, self.y_train = _check_split(_get(data, "X_train"), _get(data, "y_train"), "train")
+        self.X_val, self.y_val = _check_split(_get(data, "X_val"), _get(data, "y_val"), "val")
+
+        self.update_rule_name = kwargs.pop("update_rule", "sgd")
+        if not isinstance(self.update_rule_name, str):
+            raise ValueError(f"update_rule must be the name of a rule in numbaconv.optim, got {self.update_rule_name!r}")
+        self.update_rule = get_update_rule(self.update_rule_name)
+        optim_config = kwargs.pop("optim_config", None) or {}
+        if not isinstance(optim_config, dict):
+            raise ValueError(f"optim_config must be a dict, got {type(optim_config).__name__}")
+        self.optim_config = dict(optim_config)
+        self.lr_decay = kwargs.pop("lr_decay", 1.0)
+        try:
+            self.lr_decay = float(self.lr_decay)
+        except (TypeError, ValueError):
+            raise ValueError(f"lr_decay must be a number in (0, 1], got {self.lr_decay!r}") from None
+        if not 0.0 < self.lr_decay <= 1.0:
+            raise ValueError(f"lr_decay must be in (0, 1], got {self.lr_decay!r}")
+        self.batch_size = _opt_int("batch_size", kwargs.pop("batch_size", 100))
+        self.num_epochs = _opt_int("num_epochs", kwargs.pop("num_epochs", 10))
+        self.num_train_samples = _opt_int("num_train_samples", kwargs.pop("num_train_samples", 1000), True)
+        self.num_val_samples = _opt_int("num_val_samples", kwargs.pop("num_val_samples", None), True)
+        self.checkpoint_name = kwargs.pop("checkpoint_name", None)
+        self.print_every = _opt_int("print_every", kwargs.pop("print_every", 10))
+        self.verbose = bool(kwargs.pop("verbose", True))
+        seed = kwargs.pop("seed", None)
+        self.schedule: Callable | None = kwargs.pop("schedule", None)
+        self.augment: Callable | None = kwargs.pop("augment", None)
+        self.on_iteration: Callable | None = kwargs.pop("on_iteration", None)
+        self.on_epoch_end: Callable | None = kwargs.pop("on_epoch_end", None)
+        if kwargs:
+            raise ValueError(f"unrecognized Solver arguments: {', '.join(sorted(kwargs))}")
+        # Two generators, so accuracy checks (extra ones included) never shift the
+        # minibatch stream: one for minibatches and augmentation, one for checks.
+        seq = np.random.SeedSequence(seed)
+        train_seq, eval_seq = seq.spawn(2)
+        self.rng = np.random.Generator(np.random.PCG64(train_seq))
+        self.eval_rng = np.random.Generator(np.random.PCG64(eval_seq))
+        self._reset()
+
+    # ------------------------------------------------------------------ state
+    def _reset(self) -> None:
+        self.epoch = 0              # completed epochs
+        self.iteration = 0          # committed steps
+        self.train_time = 0.0       # seconds spent in steps (not in checks)
+        self.last_step_time = 0.0
+        self.best_val_acc = -1.0
+        self.best_epoch = None
+        self.best_params: dict | None = None
+        self.best_bn: list | None = None
+        self.loss_history: list[float] = []
+        self.train_acc_history: list[float] = []
+        self.val_acc_history: list[float] = []
+        self.check_epochs: list[float] = []
+        self.check_iterations: list[int] = []
+        self.check_times: list[float] = []
+        self.lr_history: list[float] = []
+        self.stop_reason: str | None = None
+        self._final = None          # (params, bn) training continues from, once best is swapped in
+        self.optim_configs = {p: dict(self.optim_config) for p in self.model.params}
+        for p, cfg in self.optim_configs.items():  # fail now, not at the first step, on bad hyperparameters
+            self.update_rule(np.zeros(1, dtype=self.model.params[p].dtype),
+                             np.zeros(1, dtype=self.model.params[p].dtype), dict(cfg))
+
+    @property
+    def iterations_per_epoch(self) -> int:
+        return max(self.X_train.shape[0] // self.batch_size, 1)
+
+    @property
+    def num_iterations(self) -> int:
+        return self.num_epochs * self.iterations_per_epoch
+
+    @property
+    def learning_rate(self) -> float:
+        cfgs = list(self.optim_configs.values())
+        if cfgs and "learning_rate" in cfgs[0]:
+            return float(cfgs[0]["learning_rate"])
+        return float(DEFAULTS.get(self.update_rule_name, {}).get("learning_rate", float("nan")))
+
+    def set_learning_rate(self, lr: float) -> None:
+        for cfg in self.optim_configs.values():
+            cfg["learning_rate"] = float(lr)
+
+    def training_weights(self) -> tuple[dict, list]:
+        """The (params, bn running stats) that training continues from."""
+        if self._final is not None:
+            return self._final
+        return self.model.params, _copy_bn(self.model.bn_params)
+
+    def _unswap(self) -> None:
+        """Put the training weights back after train() swapped the best ones in."""
+        if self._final is not None:
+            params, bn = self._final
+            self.model.params = {k: v.copy() for k, v in params.items()}
+            _restore_bn(self.model.bn_params, bn)
+            self._final = None
+
+    # ------------------------------------------------------------------ steps
+    def _step(self) -> None:
+        rng_state = self.rng.bit_generator.state
+        bn_saved = _copy_bn(self.model.bn_params)
+        start = time.perf_counter()
+        try:
+            if self.schedule is not None:
+                self.schedule(self)
+            idx = self.rng.choice(self.X_train.shape[0], self.batch_size)
+            X_batch, y_batch = self.X_train[idx], self.y_train[idx]
+            if self.augment is not None:
+                X_batch, y_batch = self.augment(X_batch, y_batch, self.rng)
+            loss, grads = self.model.loss(X_batch, y_batch)
+            if not math.isfinite(loss):
+                raise NonFiniteLossError(loss, self.iteration, self.epoch)
+            new_params, new_configs = {}, {}
+            for p, w in self.model.params.items():
+                new_params[p], new_configs[p] = self.update_rule(w, grads[p], dict(self.optim_configs[p]))
+        except BaseException:
+            self.rng.bit_generator.state = rng_state
+            _restore_bn(self.model.bn_params, bn_saved)
+            raise
+        elapsed = time.perf_counter() - start
+        with _sigint_deferred():
+            self.model.params.update(new_params)
+            self.optim_configs.update(new_configs)
+            self.loss_history.append(float(loss))
+            self.train_time += elapsed
+            self.last_step_time = elapsed
+            self.iteration += 1
+        if self.verbose and self.iteration % self.print_every == 0:
+            print(f"(Iteration {self.iteration} / {self.num_iterations}) loss: {loss:f}")
+
+    def check_accuracy(self, X, y, num_samples: int | None = None, batch_size: int = 100) -> float:
+        """Accuracy of the model on (X, y), on a random subset of ``num_samples`` if given."""
+        N = X.shape[0]
+        if num_samples is not None and N > num_samples:
+            idx = self.eval_rng.choice(N, num_samples)
+            X, y = X[idx], y[idx]
+        return evaluate_accuracy(self.model, X, y, batch_size)[0]
+
+    def _check(self, end_of_epoch: bool) -> None:
+        eval_state = self.eval_rng.bit_generator.state
+        try:
+            train_acc = self.check_accuracy(self.X_train, self.y_train, self.num_train_samples)
+            val_acc = self.check_accuracy(self.X_val, self.y_val, self.num_val_samples)
+        except BaseException:
+            self.eval_rng.bit_generator.state = eval_state
+            raise
+        with _sigint_deferred():
+            lr = self.learning_rate
+            if end_of_epoch:
+                self.epoch += 1
+                for cfg in self.optim_configs.values():
+                    cfg["learning_rate"] = float(cfg.get("learning_rate", lr)) * self.lr_decay
+            self.check_epochs.append(self.iteration / self.iterations_per_epoch)
+            self.check_iterations.append(self.iteration)
+            self.check_times.append(self.train_time)
+            self.lr_history.append(lr)
+            self.train_acc_history.append(train_acc)
+            self.val_acc_history.append(val_acc)
+            if val_acc > self.best_val_acc:
+                self.best_val_acc = val_acc
+                self.best_epoch = self.check_epochs[-1]
+                self.best_params = {k: v.copy() for k, v in self.model.params.items()}
+                self.best_bn = _copy_bn(self.model.bn_params)
+        if self.verbose:
+            print(f"(Epoch {self.check_epochs[-1]:g} / {self.num_epochs}) train acc: {train_acc:f}; val_acc: {val_acc:f}")
+
+    def train(self, time_limit: float | None = None) -> str:
+        """Train until ``num_epochs`` are done or, with ``time_limit`` (seconds of
+        training steps, accumulated over resumes), until the next step would pass
+        the limit (judged by the last step's duration). Then the best parameters
+        on validation are swapped into the model (the training weights are kept
+        for ``state_dict`` and for a later ``train()``). Returns the stop reason:
+        "done" or "time_limit". KeyboardInterrupt and NonFiniteLossError propagate,
+        leaving the solver at the last committed step."""
+        if time_limit is not None:
+            try:
+                time_limit = float(time_limit)
+            except (TypeError, ValueError):
+                raise ValueError(f"time_limit must be a number of seconds > 0, got {time_limit!r}") from None
+            if not time_limit > 0 or math.isnan(time_limit):
+                raise ValueError(f"time_limit must be a number of seconds > 0, got {time_limit!r}")
+        self._unswap()
+        self.stop_reason = None
+        ipe = self.iterations_per_epoch
+        while True:
+            if self.epoch < self.iteration // ipe:   # an epoch ended (or its check was interrupted)
+                self._check(end_of_epoch=True)
+                if self.checkpoint_name:
+                    self.save_checkpoint(f"{self.checkpoint_name}_epoch_{self.epoch}.h5")
+                if self.on_epoch_end is not None:
+                    self.on_epoch_end(self)
+            if self.iteration >= self.num_iterations:
+                self.stop_reason = "done"
+                break
+            if time_limit is not None and self.train_time + self.last_step_time > time_limit:
+                self.stop_reason = "time_limit"
+                if not self.check_iterations or self.check_iterations[-1] != self.iteration:
+                    self._check(end_of_epoch=False)
+                break
+            self._step()
+            if self.on_iteration is not None:
+                self.on_iteration(self)
+        if self.best_params is not None:
+            self._final = (self.model.params, _copy_bn(self.model.bn_params))
+            self.model.params = {k: v.copy() for k, v in self.best_params.items()}
+            _restore_bn(self.model.bn_params, self.best_bn)
+        return self.stop_reason
+
+    # ------------------------------------------------------------- persistence
+    def history(self) -> dict:
+        """Plain lists (the history.json format, see the module docstring)."""
+        return {"loss": list(self.loss_history), "epoch": list(self.check_epochs),
+                "iteration": list(self.check_iterations), "time": list(self.check_times),
+                "lr": list(self.lr_history), "train_acc": list(self.train_acc_history),
+                "val_acc": list(self.val_acc_history)}
+
+    def state_dict(self) -> dict:
+        """Everything training continues from. Arrays are not copied."""
+        params, bn = self.training_weights()
+        return {
+            "params": params, "bn": bn,
+            "optim_configs": self.optim_configs,
+            "best_params": self.best_params, "best_bn": self.best_bn,
+            "history": self.history(),
+            "settings": {
+                "update_rule": self.update_rule_name, "optim_config": self.optim_config,
+                "lr_decay": self.lr_decay, "batch_size": self.batch_size, "num_epochs": self.num_epochs,
+                "num_train_samples": self.num_train_samples, "num_val_samples": self.num_val_samples,
+                "print_every": self.print_every,
+                "epoch": self.epoch, "iteration": self.iteration, "train_time": self.train_time,
+                "last_step_time": self.last_step_time, "best_val_acc": self.best_val_acc,
+                "best_epoch": self.best_epoch, "stop_reason": self.stop_reason,
+                "rng_state": self.rng.bit_generator.state, "eval_rng_state": self.eval_rng.bit_generator.state,
+            },
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue from ``state_dict()`` output (e.g. read back from a checkpoint)."""
+        s = state["settings"]
+        self.update_rule_name = s["update_rule"]
+        self.update_rule = get_update_rule(self.update_rule_name)
+        self.optim_config = dict(s.get("optim_config") or {})
+        self.lr_decay = float(s["lr_decay"])
+        self.batch_size = _opt_int("batch_size", s["batch_size"])
+        self.num_epochs = _opt_int("num_epochs", s["num_epochs"])
+        self.num_train_samples = _opt_int("num_train_samples", s["num_train_samples"], True)
+        self.num_val_samples = _opt_int("num_val_samples", s["num_val_samples"], True)
+        self.print_every = _opt_int("print_every", s.get("print_every", self.print_every))
+        self.epoch, self.iteration = int(s["epoch"]), int(s["iteration"])
+        self.train_time, self.last_step_time = float(s["train_time"]), float(s["last_step_time"])
+        self.best_val_acc = float(s["best_val_acc"])
+        self.best_epoch = s.get("best_epoch")
+        self.stop_reason = s.get("stop_reason")
+        self.rng.bit_generator.state = s["rng_state"]
+        self.eval_rng.bit_generator.state = s["eval_rng_state"]
+        missing = set(self.model.params) ^ set(state["optim_configs"])
+        if missing:
+            raise ValueError(f"optimizer state does not match the model's parameters: {sorted(missing)}")
+        self.optim_configs = {p: dict(c) for p, c in state["optim_configs"].items()}
+        self._final = None
+        self.model.params = {k: np.array(v, copy=True) for k, v in state["params"].items()}
+        _restore_bn(self.model.bn_params, state["bn"])
+        self.best_params = None if state.get("best_params") is None else dict(state["best_params"])
+        self.best_bn = state.get("best_bn")
+        h = state["history"]
+        self.loss_history = [float(v) for v in h["loss"]]
+        self.check_epochs = [float(v) for v in h["epoch"]]
+        self.check_iterations = [int(v) for v in h["iteration"]]
+        self.check_times = [float(v) for v in h["time"]]
+        self.lr_history = [float(v) for v in h["lr"]]
+        self.train_acc_history = [float(v) for v in h["train_acc"]]
+        self.val_acc_history = [float(v) for v in h["val_acc"]]
+
+    def save_checkpoint(self, path, which: str = "last", data_info: dict | None = None, extra: dict | None = None) -> None:
+        """Write an HDF5 checkpoint (see numbaconv.checkpoint): "last" holds the
+        training state to resume from, "best" the best weights on validation."""
+        from .checkpoint import save_checkpoint
+
+        save_checkpoint(path, self.model, solver=self, which=which, data_info=data_info, extra=extra)
