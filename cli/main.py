@@ -5,7 +5,7 @@ with ``register(app)``; this file only lists them.
 """
 import typer
 
-from .commands import bench, datasets, gradcheck
+from .commands import bench, datasets, evaluate, gradcheck, train
 
 app = typer.Typer(
     name="numbaconv",
@@ -22,7 +22,7 @@ def main() -> None:
     """numbaconv: build, check, benchmark and train convnets on CIFAR-10."""
 
 
-for module in (gradcheck, datasets, bench):
+for module in (gradcheck, datasets, bench, train, evaluate):
     module.register(app)
 
 

@@ -1,0 +1,158 @@
+"""`numbaconv train` and `numbaconv evaluate`, driven in-process."""
+import json
+
+import h5py
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from numbaconv_cli.main import app
+
+runner = CliRunner()
+# A tiny deep net on a tiny synthetic set: 2 steps per epoch.
+BASE = ["train", "--dataset", "synthetic", "--filters", "4,4,4", "--pools", "0,1,2", "--num-train", "40",
+        "--num-val", "20", "--batch-size", "20", "--backend", "cpu", "--seed", "3"]
+
+
+@pytest.fixture(autouse=True)
+def wide_console(monkeypatch):
+    from numbaconv_cli import console as c
+
+    monkeypatch.setattr(c.console, "width", 200)
+    monkeypatch.setattr(c.err_console, "width", 200)
+
+
+def _params(path):
+    with h5py.File(path, "r") as f:
+        return {k: f["params"][k][()] for k in f["params"]}
+
+
+def _train(*args):
+    return runner.invoke(app, [*BASE, *map(str, args)])
+
+
+def test_train_writes_run_folder_and_evaluate_reads_it(tmp_path):
+    out = tmp_path / "run"
+    r = _train("--epochs", 2, "--out", out)
+    assert r.exit_code == 0, r.output
+    assert "all epochs done" in r.output and "best val acc" in r.output
+    assert sorted(p.name for p in out.iterdir()) == ["best.h5", "config.json", "history.json", "last.h5"]
+    history = json.loads((out / "history.json").read_text())
+    assert len(history["loss"]) == 4 and history["epoch"] == [1.0, 2.0] and len(history["val_acc"]) == 2
+    config = json.loads((out / "config.json").read_text())
+    assert config["model"]["num_filters"] == [4, 4, 4] and config["model"]["max_pools"] == [0, 1, 2]
+    assert config["data"]["name"] == "synthetic" and len(config["data"]["mean"]) == 3
+    assert config["run"]["epochs"] == 2 and config["solver"]["update_rule"] == "adam"
+
+    r = runner.invoke(app, ["evaluate", str(out / "best.h5"), "--split", "val", "--json"])
+    assert r.exit_code == 0, r.output
+    result = json.loads(r.output)
+    # the validation split, preprocessed as in training, scores what training recorded as best
+    assert result["accuracy"] == pytest.approx(max(history["val_acc"]))
+    assert result["num_images"] == 20 and result["split"] == "val" and len(result["per_class"]) == 10
+
+    r = runner.invoke(app, ["evaluate", str(out / "last.h5")])
+    assert r.exit_code == 0, r.output
+    assert "disk" in r.output and "of 1000 images" in r.output
+
+
+def test_ctrl_c_saves_last_and_resume_matches_uninterrupted(tmp_path, monkeypatch):
+    from numbaconv.solver import Solver
+
+    full = tmp_path / "full"
+    assert _train("--epochs", 3, "--out", full).exit_code == 0
+
+    real_step = Solver._step
+
+    def step(self):
+        if self.iteration == 3:  # mid-epoch 2: as if Ctrl-C arrived here
+            raise KeyboardInterrupt
+        real_step(self)
+
+    monkeypatch.setattr(Solver, "_step", step)
+    part = tmp_path / "part"
+    r = _train("--epochs", 3, "--out", part)
+    assert r.exit_code == 130, r.output
+    assert "interrupted" in r.output and "--resume" in r.output
+    assert (part / "last.h5").exists()
+    monkeypatch.setattr(Solver, "_step", real_step)
+
+    r = runner.invoke(app, ["train", "--resume", str(part / "last.h5"), "--out", str(part)])
+    assert r.exit_code == 0, r.output
+    assert "resuming at epoch 1, iteration 3" in r.output
+    a, b = _params(full / "last.h5"), _params(part / "last.h5")
+    assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+    ha = json.loads((full / "history.json").read_text())
+    hb = json.loads((part / "history.json").read_text())
+    assert ha["loss"] == hb["loss"] and ha["val_acc"] == hb["val_acc"]
+
+
+def test_nan_loss_stops_with_message_and_keeps_last_good(tmp_path, monkeypatch):
+    from numbaconv.models import DeepConvNet
+
+    real_loss = DeepConvNet.loss
+    calls = {"n": 0}
+
+    def loss(self, X, y=None):
+        out = real_loss(self, X, y)
+        if y is not None:
+            calls["n"] += 1
+            if calls["n"] == 4:   # the second step of epoch 2
+                return float("nan"), out[1]
+        return out
+
+    monkeypatch.setattr(DeepConvNet, "loss", loss)
+    out = tmp_path / "run"
+    r = _train("--epochs", 3, "--out", out)
+    assert r.exit_code == 1
+    assert "loss became nan at iteration 4 (epoch 2)" in r.output
+    assert "last good checkpoint is" in r.output and "end of epoch 1" in r.output
+    with h5py.File(out / "last.h5") as f:
+        assert json.loads(f["solver/settings"].asstr()[()])["iteration"] == 2
+    assert len(json.loads((out / "history.json").read_text())["loss"]) == 3
+
+
+def test_time_budget(tmp_path):
+    out = tmp_path / "run"
+    r = _train("--time-budget", "0.5", "--out", out)
+    assert r.exit_code == 0, r.output
+    assert "time budget reached" in r.output
+    history = json.loads((out / "history.json").read_text())
+    assert history["time"][-1] <= 0.5 and len(history["loss"]) >= 1
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--out", "X"], "give --epochs N or --time-budget SECONDS"),
+    (["--epochs", "1", "--filters", "4,a", "--out", "X"], "--filters must be a comma-separated list of integers"),
+    (["--epochs", "1", "--pools", "0,7", "--out", "X"], "max_pools entries must be conv layer indices in [0, 3)"),
+    (["--epochs", "1", "--model", "three-layer", "--pools", "0", "--out", "X"], "apply to --model deep only"),
+    (["--epochs", "1", "--time-budget", "-1", "--out", "X"], "--time-budget must be a number of seconds > 0"),
+    (["--epochs", "1", "--dataset", "nope.h5", "--out", "X"], "unknown dataset 'nope.h5'"),
+    (["--epochs", "1", "--weight-scale", "big", "--out", "X"], "--weight-scale must be a number or 'kaiming'"),
+    (["--epochs", "1", "--lr", "-1", "--out", "X"], "learning_rate"),
+    (["--epochs", "1", "--batch-size", "0", "--out", "X"], "batch_size must be a positive integer, got 0"),
+])
+def test_train_bad_input(tmp_path, args, message):
+    args = [str(tmp_path / a) if a == "X" else a for a in args]
+    r = runner.invoke(app, ["train", "--dataset", "synthetic", "--num-train", "20", "--num-val", "10",
+                            "--filters", "4,4,4", *args] if "--dataset" not in args else ["train", *args])
+    assert r.exit_code == 2, r.output
+    assert message in " ".join(r.output.split()), r.output
+
+
+def test_resume_bad_input(tmp_path):
+    out = tmp_path / "run"
+    assert _train("--epochs", 1, "--out", out).exit_code == 0
+    r = runner.invoke(app, ["train", "--resume", str(out / "last.h5"), "--filters", "8", "--out", str(out)])
+    assert r.exit_code == 2 and "--filters cannot be given with --resume" in " ".join(r.output.split())
+    r = runner.invoke(app, ["train", "--resume", str(out / "best.h5"), "--out", str(out)])
+    assert r.exit_code == 2 and "holds no training state" in " ".join(r.output.split())
+    r = runner.invoke(app, ["train", "--resume", str(out / "nope.h5"), "--out", str(out)])
+    assert r.exit_code == 2 and "does not exist" in r.output
+
+
+def test_evaluate_bad_input(tmp_path):
+    r = runner.invoke(app, ["evaluate", str(tmp_path / "nope.h5")])
+    assert r.exit_code == 2 and "does not exist" in r.output
+    r = runner.invoke(app, ["evaluate", str(tmp_path / "nope.h5"), "--split", "holdout"])
+    assert r.exit_code == 2
