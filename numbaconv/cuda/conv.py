@@ -4,7 +4,7 @@ import math
 
 import numpy as np
 
-from ..checks import check_dout, conv_geometry
+from ..checks import ConvGeometry, check_dout, conv_geometry
 from ._runtime import THREADS_1D, as_device, blocks, empty, flat, is_device, launch, result
 from .kernels import BLOCK_COLS, BLOCK_F, DX_SMEM, TILE
 from .reductions import channel_sums
@@ -24,6 +24,13 @@ def dw_splits(ntiles: int, columns: int) -> tuple[int, int]:
     return math.ceil(columns / chunk), chunk
 
 
+def _conv_forward(xd, wd, bd, out, g: ConvGeometry) -> None:
+    """out = conv(x, w) (+ b unless bd is None), all on the device."""
+    ntiles = math.ceil(g.N * g.H_out * g.W_out / BLOCK_COLS) * math.ceil(g.F / BLOCK_F)
+    launch("conv_forward", np.dtype(out.dtype), blocks(ntiles, 1), (TILE, TILE), flat(xd), flat(wd),
+           flat(bd if bd is not None else out), flat(out), int(bd is not None), *g)
+
+
 class Conv:
     @staticmethod
     def forward(x, w, b, conv_param):
@@ -35,8 +42,7 @@ class Conv:
         dtype = np.dtype(x.dtype)
         xd, wd, bd = as_device(x), as_device(w), as_device(b)
         out = empty((g.N, g.F, g.H_out, g.W_out), dtype)
-        ntiles = math.ceil(g.N * g.H_out * g.W_out / BLOCK_COLS) * math.ceil(g.F / BLOCK_F)
-        launch("conv_forward", dtype, blocks(ntiles, 1), (TILE, TILE), flat(xd), flat(wd), flat(bd), flat(out), *g)
+        _conv_forward(xd, wd, bd, out, g)
         return result(out, not is_device(x)), (xd, wd, g, dtype)
 
     @staticmethod
@@ -55,8 +61,17 @@ class Conv:
         if splits > 1:
             launch("sum_splits", dtype, blocks(g.F * K, THREADS_1D), THREADS_1D, flat(partial), flat(dw), splits,
                    g.F * K)
-        ntiles = g.C * math.ceil(g.N * g.H * g.W / THREADS_1D)
-        launch("conv_backward_dx", dtype, blocks(ntiles, 1), THREADS_1D, flat(wd), flat(dd), flat(dx), *g)
+        if g.stride == 1 and g.HH == g.WW and g.pad <= g.HH - 1:
+            # dx = dout convolved with the rotated, transposed filters: the register-tiled
+            # GEMM kernel, summing in the reference's order (f, then kh and kw descending).
+            wf = empty((g.C, g.F, g.HH, g.WW), dtype)
+            launch("conv_flip_weights", dtype, blocks(wd.size, THREADS_1D), THREADS_1D, flat(wd), flat(wf),
+                   g.F, g.C, g.HH * g.WW)
+            _conv_forward(dd, wf, None, dx, ConvGeometry(g.N, g.F, g.H_out, g.W_out, g.C, g.HH, g.WW, 1,
+                                                         g.HH - 1 - g.pad, g.H, g.W))
+        else:
+            ntiles = g.C * math.ceil(g.N * g.H * g.W / THREADS_1D)
+            launch("conv_backward_dx", dtype, blocks(ntiles, 1), THREADS_1D, flat(wd), flat(dd), flat(dx), *g)
         channel_sums(dd, dd, g.N, g.F, g.H_out * g.W_out, sum_a=db)
         host = not is_device(dout)
         return result(dx, host), result(dw, host), result(db, host)

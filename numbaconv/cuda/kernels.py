@@ -96,9 +96,9 @@ BLOCK_F = TILE * REG
 BLOCK_COLS = TILE * REG
 
 
-@kernel("conv_forward", "AAAAiiiiiiiiiii", shared_elems=2 * TILE * BLOCK_F)
+@kernel("conv_forward", "AAAAiiiiiiiiiiii", shared_elems=2 * TILE * BLOCK_F)
 def _make_conv_forward(dt):
-    def conv_forward(x, w, b, out, N, C, H, W, F, HH, WW, stride, pad, Ho, Wo):
+    def conv_forward(x, w, b, out, has_bias, N, C, H, W, F, HH, WW, stride, pad, Ho, Wo):
         # Thread (ty, tx) owns outputs f = f0 + ty + TILE*a, col = c0 + tx + TILE*q for
         # a, q < REG: strided, so shared reads are conflict-free and writes coalesced.
         w_tile = cuda.shared.array((TILE, BLOCK_F), dt)      # w_tile[kk, fl] = w[f0 + fl, k0 + kk]
@@ -171,8 +171,23 @@ def _make_conv_forward(dt):
                     col = c0 + tx + TILE * q
                     if f < F and col < NP:
                         n = col // P
-                        out[(n * F + f) * P + (col - n * P)] = acc[a, q] + b[f]
+                        v = acc[a, q]
+                        if has_bias:
+                            v += b[f]
+                        out[(n * F + f) * P + (col - n * P)] = v
     return conv_forward
+
+
+@kernel("conv_flip_weights", "AAiii")
+def _make_conv_flip_weights(dt):
+    def conv_flip_weights(w, wf, F, C, KK):
+        # wf[c, f] = w[f, c] rotated by 180 degrees: for stride 1, dx is the forward
+        # convolution of dout with wf (padding HH - 1 - pad), so it reuses conv_forward.
+        for e in range(cuda.grid(1), F * C * KK, cuda.gridsize(1)):
+            fc = e // KK
+            f = fc // C
+            wf[((fc - f * C) * F + f) * KK + (KK - 1 - (e - fc * KK))] = w[e]
+    return conv_flip_weights
 
 
 @kernel("conv_backward_dw", "AAAiiiiiiiiiiiii", shared_elems=2 * TILE * TILE)
