@@ -115,8 +115,11 @@ _CACHE_PROBE = textwrap.dedent("""
     nb.Conv.backward(out, cache)
     out, cache = nb.MaxPool.forward(x, {"pool_height": 2, "pool_width": 2, "stride": 2})
     nb.MaxPool.backward(out, cache)
-    kernels = [conv._im2col, conv._col2im, conv._gemm_to_nchw, conv._nchw_to_gemm,
-               pool._pool_forward, pool._pool_backward]
+    kernels = [conv._forward, conv._backward, pool._pool_forward, pool._pool_backward,
+               batchnorm._bn_forward, batchnorm._bn_backward]
+    p = {}
+    out, cache = nb.SpatialBatchNorm.forward(x, np.ones(2, np.float32), np.zeros(2, np.float32), p)
+    nb.SpatialBatchNorm.backward(out, cache)
     print(json.dumps({k.py_func.__name__: [sum(k.stats.cache_hits.values()), sum(k.stats.cache_misses.values())]
                       for k in kernels}))
 """)
@@ -129,3 +132,19 @@ def test_second_process_loads_kernels_from_the_cache_instead_of_compiling():
         out = subprocess.run([sys.executable, "-c", _CACHE_PROBE], capture_output=True, text=True, check=True)
     stats = json.loads(out.stdout.strip().splitlines()[-1])
     assert stats and all(hits >= 1 and misses == 0 for hits, misses in stats.values()), stats
+
+
+def test_conv_fallback_without_numba_callable_blas_agrees(monkeypatch):
+    # the NumPy-matmul path (used where NumPy's BLAS is not OpenBLAS) computes the same conv
+    from numbaconv.cpu import _gemm
+
+    rng = np.random.default_rng(7)
+    x, w, b = rng.standard_normal((3, 2, 7, 9)), rng.standard_normal((4, 2, 3, 5)), rng.standard_normal(4)
+    cp = {"stride": 2, "pad": 1}
+    results = []
+    for available in (_gemm.AVAILABLE, False):
+        monkeypatch.setattr(_gemm, "AVAILABLE", available)
+        out, cache = nb.Conv.forward(x, w, b, cp)
+        results.append([out, *nb.Conv.backward(np.ones_like(out) + out, cache)])
+    for a, b_ in zip(*results):
+        np.testing.assert_allclose(a, b_, rtol=1e-12, atol=1e-12)

@@ -1,107 +1,155 @@
-"""Convolution as im2col (a parallel Numba gather) + one GEMM (BLAS).
+"""Convolution as im2col + GEMM, image by image inside one parallel Numba kernel.
 
-Layout: the columns matrix is (C*HH*WW, N*H_out*W_out), so the forward pass is
-one GEMM ``w2 (F, CKK) @ cols`` and the backward pass two GEMMs:
-``dw2 = dout2 @ cols.T`` and ``dcols = w2.T @ dout2``. Every Numba loop is
-parallel over what its iteration owns: im2col and col2im over (image,
-channel) planes, the output and dout transposes over (image, filter) or
-filters, so no two iterations ever write the same element and results do not
-depend on scheduling.
+Forward, for each image n (a ``prange`` iteration, which owns ``out[n]``):
+``cols_n = im2col(x[n])`` (C*HH*WW, H_out*W_out) in a buffer small enough to
+stay in cache, then ``out[n] = w2 @ cols_n + b`` by a single-threaded BLAS GEMM
+written straight into the NCHW output. Backward splits the batch into one
+contiguous chunk of images per thread: each chunk rebuilds its ``cols_n``,
+accumulates its own partial ``dw`` and ``db`` and writes ``dx[n]`` for its
+images (``dcols = w2.T @ dout[n]``, then col2im). The partials are summed in
+chunk order afterwards, so no two iterations write one element and results are
+identical from run to run for a fixed thread count. Nothing but x is kept for
+backward (cols is rebuilt: cheaper than storing it).
+
+Without an OpenBLAS callable from Numba (``_gemm.AVAILABLE``), the same
+layout runs as whole-batch im2col + one NumPy matmul per product.
 """
+import numba
 import numpy as np
 from numba import njit, prange
 
 from ..checks import check_dout, conv_geometry
-from ._blas import matmul
+from . import _gemm
+from ._blas import blas_threads, matmul
+from ._gemm import gemm
 
 
-@njit(parallel=True, cache=True)
-def _im2col(x, HH, WW, stride, pad, H_out, W_out, cols):
-    N, C, H, W = x.shape
-    KK = HH * WW
-    P = H_out * W_out
-    for t in prange(N * C):
-        n = t // C
-        c = t % C
+@njit(cache=True)
+def _im2col_image(xn, HH, WW, stride, pad, H_out, W_out, cols):
+    # xn (C, H, W) -> cols (C*HH*WW, H_out*W_out); zero where the window hits padding
+    C, H, W = xn.shape
+    for c in range(C):
         for k in range(HH):
             for l in range(WW):
-                row = cols[c * KK + k * WW + l]
-                # output columns j whose input column j*stride + l - pad is inside [0, W)
-                j_lo = max(0, (pad - l + stride - 1) // stride)
-                j_hi = min(W_out, (W - 1 + pad - l) // stride + 1)
-                if j_hi < j_lo:
-                    j_hi = j_lo
+                row = cols[(c * HH + k) * WW + l]
+                # output columns j whose input column j*stride + l - pad lies in [0, W)
+                j_lo = min(W_out, max(0, (pad - l + stride - 1) // stride))
+                j_hi = max(j_lo, min(W_out, (W - 1 + pad - l) // stride + 1))
+                x0 = l - pad
                 for i in range(H_out):
-                    base = n * P + i * W_out
+                    base = i * W_out
                     y = i * stride + k - pad
                     if y < 0 or y >= H:
                         for j in range(W_out):
                             row[base + j] = 0
                         continue
+                    src = xn[c, y]
                     for j in range(j_lo):
                         row[base + j] = 0
-                    x0 = l - pad
                     for j in range(j_lo, j_hi):
-                        row[base + j] = x[n, c, y, j * stride + x0]
+                        row[base + j] = src[j * stride + x0]
                     for j in range(j_hi, W_out):
                         row[base + j] = 0
 
 
-@njit(parallel=True, cache=True)
-def _col2im(dcols, HH, WW, stride, pad, H_out, W_out, dx):
-    N, C, H, W = dx.shape
-    KK = HH * WW
-    P = H_out * W_out
-    for t in prange(N * C):
-        n = t // C
-        c = t % C
-        plane = dx[n, c]
-        plane[:, :] = 0
+@njit(cache=True)
+def _col2im_image(dcols, HH, WW, stride, pad, H_out, W_out, dxn):
+    # the adjoint of _im2col_image: dxn (C, H, W) = sum of dcols over every window position
+    C, H, W = dxn.shape
+    dxn[:] = 0
+    for c in range(C):
         for k in range(HH):
             for l in range(WW):
-                row = dcols[c * KK + k * WW + l]
-                j_lo = max(0, (pad - l + stride - 1) // stride)
-                j_hi = min(W_out, (W - 1 + pad - l) // stride + 1)
+                row = dcols[(c * HH + k) * WW + l]
+                j_lo = min(W_out, max(0, (pad - l + stride - 1) // stride))
+                j_hi = max(j_lo, min(W_out, (W - 1 + pad - l) // stride + 1))
                 x0 = l - pad
                 for i in range(H_out):
                     y = i * stride + k - pad
                     if y < 0 or y >= H:
                         continue
-                    base = n * P + i * W_out
+                    dst = dxn[c, y]
+                    base = i * W_out
                     for j in range(j_lo, j_hi):
-                        plane[y, j * stride + x0] += row[base + j]
+                        dst[j * stride + x0] += row[base + j]
 
 
 @njit(parallel=True, cache=True)
-def _gemm_to_nchw(res, b, out):
-    # res (F, N*P) -> out (N, F, H_out, W_out) + bias
-    N, F, H_out, W_out = out.shape
-    P = H_out * W_out
-    for t in prange(N * F):
-        n = t // F
-        f = t % F
-        src = res[f, n * P:(n + 1) * P]
-        dst = out[n, f].reshape(P)
-        bf = b[f]
-        for p in range(P):
-            dst[p] = src[p] + bf
-
-
-@njit(parallel=True, cache=True)
-def _nchw_to_gemm(dout, dout2, db):
-    # dout (N, F, H_out, W_out) -> dout2 (F, N*P); db[f] = sum of dout[:, f]
-    N, F, H_out, W_out = dout.shape
-    P = H_out * W_out
-    for f in prange(F):
-        acc = 0.0
-        for n in range(N):
-            src = dout[n, f].reshape(P)
-            dst = dout2[f, n * P:(n + 1) * P]
+def _forward(x, w2, b, HH, WW, stride, pad, out):
+    N = x.shape[0]
+    F, CKK = w2.shape
+    P = out.shape[2] * out.shape[3]
+    for n in prange(N):
+        cols = np.empty((CKK, P), dtype=x.dtype)
+        _im2col_image(x[n], HH, WW, stride, pad, out.shape[2], out.shape[3], cols)
+        on = out[n].reshape(F, P)
+        gemm(False, False, F, P, CKK, 1.0, w2, CKK, cols, P, 0.0, on, P)
+        for f in range(F):
+            bf = b[f]
             for p in range(P):
-                v = src[p]
-                dst[p] = v
-                acc += v
-        db[f] = acc
+                on[f, p] += bf
+
+
+@njit(parallel=True, cache=True)
+def _backward(x, w2, dout, HH, WW, stride, pad, dx, dw_part, db_part):
+    N = x.shape[0]
+    F, CKK = w2.shape
+    H_out, W_out = dout.shape[2], dout.shape[3]
+    P = H_out * W_out
+    T = dw_part.shape[0]
+    for t in prange(T):  # chunk t owns dw_part[t], db_part[t] and dx of its images
+        cols = np.empty((CKK, P), dtype=x.dtype)
+        dcols = np.empty((CKK, P), dtype=x.dtype)
+        dwt = dw_part[t]
+        dbt = db_part[t]
+        dwt[:] = 0
+        for f in range(F):
+            dbt[f] = 0
+        for n in range(t * N // T, (t + 1) * N // T):
+            _im2col_image(x[n], HH, WW, stride, pad, H_out, W_out, cols)
+            dn = dout[n].reshape(F, P)
+            gemm(False, True, F, CKK, P, 1.0, dn, P, cols, P, 1.0, dwt, CKK)    # dw += dout_n @ cols_n.T
+            gemm(True, False, CKK, P, F, 1.0, w2, CKK, dn, P, 0.0, dcols, P)  # dcols = w2.T @ dout_n
+            _col2im_image(dcols, HH, WW, stride, pad, H_out, W_out, dx[n])
+            for f in range(F):
+                s = 0.0
+                for p in range(P):
+                    s += dn[f, p]
+                dbt[f] += s
+
+
+# --- fallback without a Numba-callable BLAS: whole-batch im2col + NumPy matmul ---
+
+@njit(parallel=True, cache=True)
+def _im2col_batch(x, HH, WW, stride, pad, H_out, W_out, cols):
+    P = H_out * W_out
+    for n in prange(x.shape[0]):
+        _im2col_image(x[n], HH, WW, stride, pad, H_out, W_out, cols[:, n * P:(n + 1) * P])
+
+
+@njit(parallel=True, cache=True)
+def _col2im_batch(dcols, HH, WW, stride, pad, H_out, W_out, dx):
+    P = H_out * W_out
+    for n in prange(dx.shape[0]):
+        _col2im_image(dcols[:, n * P:(n + 1) * P], HH, WW, stride, pad, H_out, W_out, dx[n])
+
+
+def _forward_fallback(x, w2, b, g, out):
+    P = g.H_out * g.W_out
+    cols = np.empty((w2.shape[1], g.N * P), dtype=x.dtype)
+    _im2col_batch(x, g.HH, g.WW, g.stride, g.pad, g.H_out, g.W_out, cols)
+    res = matmul(w2, cols).reshape(g.F, g.N, P)
+    out.reshape(g.N, g.F, P)[:] = res.transpose(1, 0, 2) + b[None, :, None]
+
+
+def _backward_fallback(x, w2, dout, g, dx):
+    P = g.H_out * g.W_out
+    cols = np.empty((w2.shape[1], g.N * P), dtype=x.dtype)
+    _im2col_batch(x, g.HH, g.WW, g.stride, g.pad, g.H_out, g.W_out, cols)
+    dout2 = np.ascontiguousarray(dout.reshape(g.N, g.F, P).transpose(1, 0, 2)).reshape(g.F, g.N * P)
+    dw2 = matmul(dout2, cols.T)
+    _col2im_batch(matmul(w2.T, dout2), g.HH, g.WW, g.stride, g.pad, g.H_out, g.W_out, dx)
+    return dw2, dout2.sum(axis=1)
 
 
 class Conv:
@@ -112,32 +160,28 @@ class Conv:
         x = np.ascontiguousarray(x)
         w2 = np.ascontiguousarray(w).reshape(g.F, -1)
         b = np.ascontiguousarray(b)
-        P = g.H_out * g.W_out
-        cols = np.empty((g.C * g.HH * g.WW, g.N * P), dtype=x.dtype)
-        _im2col(x, g.HH, g.WW, g.stride, g.pad, g.H_out, g.W_out, cols)
-        res = matmul(w2, cols)
         out = np.empty((g.N, g.F, g.H_out, g.W_out), dtype=x.dtype)
-        _gemm_to_nchw(res, b, out)
-        # cols is kept: backward needs it for dw, and rebuilding it costs a full im2col
-        return out, (cols, w2, w.shape, g)
+        if _gemm.AVAILABLE:
+            with blas_threads(1):  # Numba's threads each run their own GEMM
+                _forward(x, w2, b, g.HH, g.WW, g.stride, g.pad, out)
+        else:
+            _forward_fallback(x, w2, b, g, out)
+        return out, (x, w2, tuple(w.shape), g)
 
     @staticmethod
     def backward(dout, cache):
         """Returns (dx, dw, db)."""
-        cols, w2, w_shape, g = cache
-        check_dout(dout, (g.N, g.F, g.H_out, g.W_out), cols.dtype, "Conv")
+        x, w2, w_shape, g = cache
+        check_dout(dout, (g.N, g.F, g.H_out, g.W_out), x.dtype, "Conv")
         dout = np.ascontiguousarray(dout)
-        dout2 = np.empty((g.F, g.N * g.H_out * g.W_out), dtype=dout.dtype)
-        db = np.empty(g.F, dtype=dout.dtype)
-        _nchw_to_gemm(dout, dout2, db)
-        # dw2 = dout2 @ cols.T has the long N*P axis as its inner dimension; OpenBLAS
-        # handles it best with the larger output side as rows (measured: 64->128 @ 8x8
-        # 8x faster as (cols @ dout2.T).T, 3->32 @ 32x32 1.5x faster as is)
-        if cols.shape[0] > g.F:
-            dw = np.ascontiguousarray(matmul(cols, dout2.T).T).reshape(w_shape)
+        dx = np.empty_like(x)
+        if _gemm.AVAILABLE:
+            T = max(1, min(numba.get_num_threads(), g.N))
+            dw_part = np.empty((T, g.F, w2.shape[1]), dtype=x.dtype)
+            db_part = np.empty((T, g.F), dtype=x.dtype)
+            with blas_threads(1):
+                _backward(x, w2, dout, g.HH, g.WW, g.stride, g.pad, dx, dw_part, db_part)
+            dw2, db = dw_part.sum(axis=0), db_part.sum(axis=0)  # partials added in chunk order
         else:
-            dw = matmul(dout2, cols.T).reshape(w_shape)
-        dcols = matmul(w2.T, dout2)
-        dx = np.empty((g.N, g.C, g.H, g.W), dtype=dout.dtype)
-        _col2im(dcols, g.HH, g.WW, g.stride, g.pad, g.H_out, g.W_out, dx)
-        return dx, dw, db
+            dw2, db = _backward_fallback(x, w2, dout, g, dx)
+        return dx, dw2.reshape(w_shape), db
