@@ -215,17 +215,19 @@ def test_without_gpu_or_simulator_a_clear_error():
     assert proc.stdout.startswith("has a GPU") or proc.stdout.startswith("error: no CUDA GPU was found"), proc.stdout
 
 
-def test_conv_more_filters_than_one_block_tile_matches_reference():
-    # F = 70 > kernels.BLOCK_F: filters span two block tiles of the forward kernel
-    # and five TILE rows of the dw kernel.
-    from numbaconv.cuda.kernels import BLOCK_F
+@pytest.mark.parametrize("xs, ws, pad", [
+    ((1, 2, 3, 3), (70, 2, 1, 1), 0),   # F = 70 > BLOCK_F: two filter tiles (forward, dw; C = 2 tiles of dx)
+    ((1, 8, 3, 3), (2, 8, 3, 3), 1),    # K = C*HH*WW = 72 > BLOCK_COLS: two k tiles of dw and of the forward's sum
+])
+def test_conv_beyond_one_block_tile_matches_reference(xs, ws, pad):
+    from numbaconv.cuda.kernels import BLOCK_COLS, BLOCK_F
     from numbaconv.gradcheck import rel_error
 
     rng = np.random.default_rng(6)
-    x, w, b = rng.standard_normal((1, 2, 3, 3)), rng.standard_normal((70, 2, 1, 1)), rng.standard_normal(70)
-    assert w.shape[0] > BLOCK_F
+    x, w, b = rng.standard_normal(xs), rng.standard_normal(ws), rng.standard_normal(ws[0])
+    assert ws[0] > BLOCK_F or ws[1] * ws[2] * ws[3] > BLOCK_COLS
     ref = get_backend("reference")
-    cp = {"stride": 1, "pad": 0}
+    cp = {"stride": 1, "pad": pad}
     out, cache = nb.Conv.forward(x, w, b, cp)
     out_ref, cache_ref = ref.Conv.forward(x, w, b, cp)
     assert rel_error(out, out_ref) < 1e-10

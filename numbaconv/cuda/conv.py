@@ -53,7 +53,7 @@ class Conv:
         dd = as_device(dout)
         dx, dw, db = empty(xd.shape, dtype), empty(wd.shape, dtype), empty((g.F,), dtype)
         K = g.C * g.HH * g.WW
-        ntiles = math.ceil(K / TILE) * math.ceil(g.F / TILE)
+        ntiles = math.ceil(K / BLOCK_COLS) * math.ceil(g.F / BLOCK_F)
         splits, chunk = dw_splits(ntiles, g.N * g.H_out * g.W_out)
         partial = dw if splits == 1 else empty((splits, g.F, K), dtype)
         launch("conv_backward_dw", dtype, blocks(ntiles * splits, 1), (TILE, TILE), flat(xd), flat(dd),

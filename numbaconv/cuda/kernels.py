@@ -190,59 +190,86 @@ def _make_conv_flip_weights(dt):
     return conv_flip_weights
 
 
-@kernel("conv_backward_dw", "AAAiiiiiiiiiiiii", shared_elems=2 * TILE * TILE)
+@kernel("conv_backward_dw", "AAAiiiiiiiiiiiii", shared_elems=2 * TILE * BLOCK_F)
 def _make_conv_backward_dw(dt):
     def conv_backward_dw(x, dout, partial, N, C, H, W, F, HH, WW, stride, pad, Ho, Wo, splits, chunk):
-        # dw[f, k] = sum over r = (n, p) of dout[n, f, p] * xcol[k, r]. The sum over r is
-        # cut into ``splits`` chunks of ``chunk`` columns, so that small layers (few
-        # (f, k) tiles, long sums) still fill the GPU. Each thread owns one
-        # partial[s, f, k] and sums its chunk itself: no atomics; sum_splits adds the
-        # chunks in order afterwards (with one split, partial is dw itself).
-        d_tile = cuda.shared.array((TILE, TILE), dt)   # d_tile[f, rr] = dout at (f0 + f, r0 + rr)
-        x_tile = cuda.shared.array((TILE, TILE), dt)   # x_tile[rr, kk] = xcol[k0 + kk, r0 + rr]
+        # dw[f, k] = sum over r = (n, p) of dout[n, f, p] * xcol[k, r]: the forward's
+        # register-tiled GEMM with (f, k) as the output tile. The sum over r is cut into
+        # ``splits`` chunks of ``chunk`` columns, so that small layers (few (f, k) tiles,
+        # long sums) still fill the GPU. Each thread owns REG x REG elements of
+        # partial[s] and sums its chunk itself, r ascending as in the reference: no
+        # atomics; sum_splits adds the chunks in order (with one split, partial is dw).
+        d_tile = cuda.shared.array((TILE, BLOCK_F), dt)      # d_tile[rr, fl] = dout at (f0 + fl, r0 + rr)
+        x_tile = cuda.shared.array((TILE, BLOCK_COLS), dt)   # x_tile[rr, kl] = xcol[k0 + kl, r0 + rr]
+        acc = cuda.local.array((REG, REG), dt)
+        d_reg = cuda.local.array(REG, dt)
+        x_reg = cuda.local.array(REG, dt)
         tx = cuda.threadIdx.x
         ty = cuda.threadIdx.y
+        tid = ty * TILE + tx
         KK = HH * WW
         K = C * KK
         P = Ho * Wo
         NP = N * P
-        tiles_k = (K + TILE - 1) // TILE
-        tiles_fk = tiles_k * ((F + TILE - 1) // TILE)
+        tiles_k = (K + BLOCK_COLS - 1) // BLOCK_COLS
+        tiles_fk = tiles_k * ((F + BLOCK_F - 1) // BLOCK_F)
+        d_rr = tid % TILE                 # dout loads: consecutive threads, consecutive r
+        d_fl = tid // TILE
+        x_kl = tid % BLOCK_COLS           # x loads: a fixed k per thread, rows spaced x_step
+        x_rr = tid // BLOCK_COLS
+        x_step = TILE * TILE // BLOCK_COLS
         for tile in range(cuda.blockIdx.x, tiles_fk * splits, cuda.gridDim.x):
             sp = tile // tiles_fk
             t = tile - sp * tiles_fk
-            f = (t // tiles_k) * TILE + ty
-            k = (t % tiles_k) * TILE + tx
+            f0 = (t // tiles_k) * BLOCK_F
+            k0 = (t % tiles_k) * BLOCK_COLS
+            k = k0 + x_kl
             c = k // KK
             r = k - c * KK
             kh = r // WW
             kw = r - kh * WW
             r_end = min(NP, (sp + 1) * chunk)
-            acc = dt(0)
+            for a in range(REG):
+                for q in range(REG):
+                    acc[a, q] = dt(0)
             for r0 in range(sp * chunk, r_end, TILE):
-                rr = r0 + tx
-                v = dt(0)
-                if f < F and rr < r_end:
-                    n = rr // P
-                    v = dout[(n * F + f) * P + (rr - n * P)]
-                d_tile[ty, tx] = v
-                rr = r0 + ty
-                v = dt(0)
-                if k < K and rr < r_end:
-                    n = rr // P
-                    p = rr - n * P
-                    i = p // Wo
-                    h = i * stride - pad + kh
-                    ww = (p - i * Wo) * stride - pad + kw
-                    if h >= 0 and h < H and ww >= 0 and ww < W:
-                        v = x[((n * C + c) * H + h) * W + ww]
-                x_tile[ty, tx] = v
+                for e in range(REG):
+                    f = f0 + d_fl + TILE * e
+                    rr = r0 + d_rr
+                    v = dt(0)
+                    if f < F and rr < r_end:
+                        n = rr // P
+                        v = dout[(n * F + f) * P + (rr - n * P)]
+                    d_tile[d_rr, d_fl + TILE * e] = v
+                for e in range(BLOCK_COLS * TILE // (TILE * TILE)):
+                    rl = x_rr + x_step * e
+                    rr = r0 + rl
+                    v = dt(0)
+                    if k < K and rr < r_end:
+                        n = rr // P
+                        p = rr - n * P
+                        i = p // Wo
+                        h = i * stride - pad + kh
+                        ww = (p - i * Wo) * stride - pad + kw
+                        if h >= 0 and h < H and ww >= 0 and ww < W:
+                            v = x[((n * C + c) * H + h) * W + ww]
+                    x_tile[rl, x_kl] = v
                 cuda.syncthreads()
-                for q in range(TILE):
-                    acc += d_tile[ty, q] * x_tile[q, tx]
+                for rl in range(TILE):
+                    for a in range(REG):
+                        d_reg[a] = d_tile[rl, ty + TILE * a]
+                    for q in range(REG):
+                        x_reg[q] = x_tile[rl, tx + TILE * q]
+                    for a in range(REG):
+                        for q in range(REG):
+                            acc[a, q] += d_reg[a] * x_reg[q]
                 cuda.syncthreads()
-            if f < F and k < K:
-                partial[(sp * F + f) * K + k] = acc
+            for a in range(REG):
+                f = f0 + ty + TILE * a
+                for q in range(REG):
+                    kq = k0 + tx + TILE * q
+                    if f < F and kq < K:
+                        partial[(sp * F + f) * K + kq] = acc[a, q]
     return conv_backward_dw
 
 
