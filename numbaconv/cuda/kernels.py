@@ -14,7 +14,9 @@ Design rules followed by every kernel:
     free; every ``syncthreads`` is reached by all threads of a block (loop bounds
     depend only on block-uniform values);
   * every output element has exactly one owner thread: no atomics, no races
-    (conv dw by (f, k) ownership, conv dx and max-pool dx by gathering).
+    (conv dw by (f, k) ownership, split sums added in order by a second kernel;
+    conv dx as a forward convolution (stride 1) or by gathering; max-pool dx by
+    gathering), so results are deterministic.
 
 Argument codes: "A" array of the layer dtype, "I" int32 array, "L" int64 array,
 "i" int64 scalar, "f" float64 scalar.
