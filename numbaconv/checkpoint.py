@@ -304,6 +304,8 @@ def match_preprocessing(X, from_mean, from_std, to_mean, to_std):
 def data_info_for(ds, name: str, num_val: int, num_train: int | None, normalize_std: bool, seed: int) -> dict:
     """What a checkpoint records about its training data: how to load it again
     (name, num_val, num_train, normalize_std, seed) and how it was preprocessed."""
+    if name not in ("synthetic", "cifar10"):  # a file: absolute, so evaluate works from any folder
+        name = str(Path(name).resolve())
     return {"name": str(name), "source": ds.source, "num_val": int(num_val),
             "num_train": None if num_train is None else int(num_train), "normalize_std": bool(normalize_std),
             "seed": int(seed), "mean": np.asarray(ds.mean, dtype=np.float64).tolist(),

@@ -209,6 +209,7 @@ class Solver:
         self.lr_history: list[float] = []
         self.stop_reason: str | None = None
         self._final = None          # (params, bn) training continues from, once best is swapped in
+        self._warm = False
         self.optim_configs = {p: dict(self.optim_config) for p in self.model.params}
         for p, cfg in self.optim_configs.items():  # fail now, not at the first step, on bad hyperparameters
             self.update_rule(np.zeros(1, dtype=self.model.params[p].dtype),
@@ -280,6 +281,18 @@ class Solver:
         if self.verbose and self.iteration % self.print_every == 0:
             print(f"(Iteration {self.iteration} / {self.num_iterations}) loss: {loss:f}")
 
+    def warmup(self) -> None:
+        """One forward/backward pass on the first minibatch, with no effect on any
+        state, so one-time costs (Numba compiling or loading its kernels) are not
+        counted as training time. ``train(time_limit=...)`` calls it once."""
+        bn_saved = _copy_bn(self.model.bn_params)
+        try:
+            n = min(self.batch_size, self.X_train.shape[0])
+            self.model.loss(self.X_train[:n], self.y_train[:n])
+        finally:
+            _restore_bn(self.model.bn_params, bn_saved)
+        self._warm = True
+
     def check_accuracy(self, X, y, num_samples: int | None = None, batch_size: int = 100) -> float:
         """Accuracy of the model on (X, y), on a random subset of ``num_samples`` if given."""
         N = X.shape[0]
@@ -333,6 +346,10 @@ class Solver:
                 raise ValueError(f"time_limit must be a number of seconds > 0, got {time_limit!r}")
         self._unswap()
         self.stop_reason = None
+        if time_limit is not None and not self._warm:
+            # Otherwise a first step that compiles kernels would count (tens of seconds on a
+            # fresh machine) and, taken as the next step's duration, end the run early.
+            self.warmup()
         ipe = self.iterations_per_epoch
         while True:
             if self.epoch < self.iteration // ipe:   # an epoch ended (or its check was interrupted)

@@ -227,3 +227,23 @@ def test_bad_data():
         Solver(DeepConvNet(**TINY), {**d, "y_val": d["y_val"].astype(float)})
     with pytest.raises(ValueError, match="the train split is empty"):
         Solver(DeepConvNet(**TINY), {**d, "X_train": d["X_train"][:0], "y_train": d["y_train"][:0]})
+
+
+def test_warmup_changes_nothing_and_runs_once_before_a_time_limit(monkeypatch):
+    import copy
+
+    s = Solver(DeepConvNet(**TINY), _data(), **KW)
+    before = copy.deepcopy(s.state_dict())
+    s.warmup()
+    after = s.state_dict()
+    assert _same(before["params"], after["params"])
+    for x, y in zip(before["bn"], after["bn"]):
+        assert _same(x, y)
+    assert before["settings"] == after["settings"]          # rng states, counters, time
+    calls = []
+    monkeypatch.setattr(Solver, "warmup", lambda self: (calls.append(1), setattr(self, "_warm", True)))
+    s = Solver(DeepConvNet(**TINY), _data(), **KW)
+    s.train(time_limit=1e6)
+    s.num_epochs = 4
+    s.train(time_limit=1e6)
+    assert calls == [1] and s.iteration == 16

@@ -97,7 +97,7 @@ def test_nan_loss_stops_with_message_and_keeps_last_good(tmp_path, monkeypatch):
         out = real_loss(self, X, y)
         if y is not None:
             calls["n"] += 1
-            if calls["n"] == 4:   # the second step of epoch 2
+            if calls["n"] == 5:   # call 1 is the warm-up pass; 5 is the second step of epoch 2
                 return float("nan"), out[1]
         return out
 

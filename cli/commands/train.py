@@ -77,7 +77,7 @@ def train(
     out: Path = typer.Option(..., "--out", help="Run folder: best.h5, last.h5, history.json, config.json."),
     dataset: Optional[str] = typer.Option(None, help="synthetic (default), cifar10 (see `numbaconv datasets`) "
                                           "or an HDF5 file in numbaconv's layout."),
-    model: Optional[ModelKind] = typer.Option(None, help="deep (default): {conv-[bn]-relu-[pool]} x L - linear; "
+    model: Optional[ModelKind] = typer.Option(None, help="deep (default): {conv - (batchnorm) - relu - (pool)} x L - linear; "
                                               "three-layer: conv-relu-pool-linear-relu-linear."),
     filters: Optional[str] = typer.Option(None, help="deep: conv filters per layer, e.g. 16,32,64 (default); "
                                           "three-layer: the number of conv filters (default 32)."),
@@ -200,11 +200,13 @@ def train(
                   f"{ds.X_train.shape[0]} train / {ds.X_val.shape[0]} val images, backend {net.backend}"
                   + (f"; resuming at epoch {solver.epoch}, iteration {solver.iteration}" if resume else ""),
                   highlight=False)
+    with console.status("compiling kernels (the first run only: Numba caches them)..."):
+        solver.warmup()
     session = (solver.iteration, solver.train_time)
     total = time_budget if epochs is None else solver.num_iterations
     progress = Progress(SpinnerColumn(), BarColumn(), TextColumn("{task.fields[stats]}"), console=console,
                         transient=False)
-    task = progress.add_task("train", total=total, stats="compiling and taking the first step...")
+    task = progress.add_task("train", total=total, stats="taking the first step...")
 
     def refresh(s):
         done = s.train_time if epochs is None else s.iteration
@@ -219,6 +221,7 @@ def train(
     try:
         with progress:
             reason = solver.train(time_limit=time_budget)
+            refresh(solver)   # show the final check (a time limit adds one mid-epoch)
             write_run_files(out, solver, info, extra)
     except KeyboardInterrupt:
         write_run_files(out, solver, info, extra, best=False)
@@ -242,7 +245,7 @@ def train(
             ("images/s", f"{steps * solver.batch_size / secs:,.0f}" if secs > 0 else "-"),
             ("final loss", f"{solver.loss_history[-1]:.4f}" if solver.loss_history else "-"),
             ("train acc (last check)", f"{solver.train_acc_history[-1]:.4f}" if solver.train_acc_history else "-"),
-            ("best val acc", f"{solver.best_val_acc:.4f} (epoch {solver.best_epoch:g})" if solver.best_epoch is not None else "-"),
+            ("best val acc", f"{solver.best_val_acc:.4f} (epoch {solver.best_epoch:.2f})" if solver.best_epoch is not None else "-"),
             ("files", f"{out}/best.h5 last.h5 history.json config.json")]
     for k, v in rows:
         table.add_row(k, v)
