@@ -99,3 +99,19 @@ def test_startup_first_call_vs_cached(benchmark, tmp_path):
     benchmark.extra_info.update(cached_import_s=cached[0], cached_first_call_s=cached[1])
     print(f"\nstartup: import {import_s:.2f} s, first calls (compiling) {first_s:.2f} s; "
           f"second process: import {cached[0]:.2f} s, first calls (cached) {cached[1]:.2f} s")
+
+
+@pytest.mark.parametrize("path", ["in-kernel-gemm", "numpy-matmul-fallback"])
+@pytest.mark.parametrize("shape", CIFAR_SHAPES[:3], ids=lambda s: s.label.replace(" ", "_"))
+def test_conv_thread_pools(benchmark, monkeypatch, shape, path):
+    """Conv forward+backward float32 with one thread pool (each Numba thread runs a
+    single-threaded GEMM on its images: the default) against two (2-thread OpenBLAS
+    matmuls between Numba kernels: the fallback where no Numba-callable BLAS exists)."""
+    from numbaconv.cpu import _gemm
+
+    if path == "in-kernel-gemm" and not _gemm.AVAILABLE:
+        pytest.skip("NumPy's BLAS is not an OpenBLAS callable from Numba")
+    monkeypatch.setattr(_gemm, "AVAILABLE", path == "in-kernel-gemm")
+    benchmark.group = f"conv threading | {shape.label} | float32"
+    fn = numbaconv_op(get_backend("cpu"), "conv forward+backward", shape, _inputs(shape, np.dtype("float32")))
+    benchmark.pedantic(fn, rounds=5, warmup_rounds=1)
