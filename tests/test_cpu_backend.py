@@ -134,17 +134,20 @@ def test_second_process_loads_kernels_from_the_cache_instead_of_compiling():
     assert stats and all(hits >= 1 and misses == 0 for hits, misses in stats.values()), stats
 
 
-def test_conv_fallback_without_numba_callable_blas_agrees(monkeypatch):
-    # the NumPy-matmul path (used where NumPy's BLAS is not OpenBLAS) computes the same conv
+def test_fallback_without_numba_callable_blas_agrees(monkeypatch):
+    # the NumPy-matmul paths (used where NumPy's BLAS is not OpenBLAS) compute the same conv and linear
     from numbaconv.cpu import _gemm
 
     rng = np.random.default_rng(7)
     x, w, b = rng.standard_normal((3, 2, 7, 9)), rng.standard_normal((4, 2, 3, 5)), rng.standard_normal(4)
+    w_fc, b_fc = rng.standard_normal((126, 5)), rng.standard_normal(5)
     cp = {"stride": 2, "pad": 1}
     results = []
     for available in (_gemm.AVAILABLE, False):
         monkeypatch.setattr(_gemm, "AVAILABLE", available)
         out, cache = nb.Conv.forward(x, w, b, cp)
-        results.append([out, *nb.Conv.backward(np.ones_like(out) + out, cache)])
+        fc, fc_cache = nb.Linear.forward(x, w_fc, b_fc)
+        results.append([out, *nb.Conv.backward(np.ones_like(out) + out, cache),
+                        fc, *nb.Linear.backward(fc * 2, fc_cache)])
     for a, b_ in zip(*results):
         np.testing.assert_allclose(a, b_, rtol=1e-12, atol=1e-12)
