@@ -1,11 +1,13 @@
-"""Scoped BLAS threading for the GEMM calls inside the cpu backend.
+"""Scoped BLAS threading for the cpu backend.
 
-The heavy part of conv and linear is a NumPy matmul (OpenBLAS). The Numba
-kernels around it run on Numba's own thread pool. Two multithreaded pools on
-the same cores fight (spinning workers of one pool steal the cores the other
-needs), so every GEMM runs with BLAS limited to ``numba.get_num_threads()``
-for the duration of the call only: ``numba.set_num_threads`` then governs
-both pools, and nothing changes process-wide once the call returns.
+Two multithreaded pools on the same cores fight (spinning workers of one pool
+steal the cores the other needs; measured 3-9x on conv, benchmarks/RESULTS.md).
+So conv and linear call OpenBLAS from inside their Numba kernels with BLAS
+limited to one thread (``blas_threads(1)``) and let Numba's threads split the
+work; where that is not possible (no Numba-callable OpenBLAS) the NumPy
+matmuls run with BLAS limited to ``numba.get_num_threads()``. Either way
+``numba.set_num_threads`` governs both, and the limit lasts only for the call:
+nothing changes process-wide once it returns.
 """
 from __future__ import annotations
 
