@@ -52,6 +52,15 @@ def _run_all_layers(dtype, seed=0):
     return outs
 
 
+@pytest.fixture
+def parallel_always(monkeypatch):
+    """Run even these tiny inputs on all threads (small work normally runs on one)."""
+    from numbaconv.cpu import _blas
+
+    monkeypatch.setattr(_blas, "SMALL_WORK", 0)
+
+
+@pytest.mark.usefixtures("parallel_always")
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_results_are_identical_from_run_to_run(dtype):
     first = _run_all_layers(dtype)
@@ -61,6 +70,7 @@ def test_results_are_identical_from_run_to_run(dtype):
             np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.usefixtures("parallel_always")
 def test_numba_only_kernels_do_not_depend_on_the_thread_count():
     # ownership: each prange iteration writes its own elements in a fixed order, so
     # pooling and batch norm give the same bits on 1 thread as on all of them
@@ -96,6 +106,17 @@ def test_blas_threads_follow_numba_threads_only_inside_the_call():
         assert _blas_thread_counts() == before
     finally:
         numba.set_num_threads(saved)
+
+
+def test_small_work_runs_on_one_thread_only_inside_the_call():
+    from numbaconv.cpu._blas import SMALL_WORK, kernel_threads
+
+    saved = numba.get_num_threads()
+    with kernel_threads(SMALL_WORK - 1):
+        assert numba.get_num_threads() == 1
+    assert numba.get_num_threads() == saved
+    with kernel_threads(SMALL_WORK):
+        assert numba.get_num_threads() == saved
 
 
 def test_numba_num_threads_environment_is_respected():

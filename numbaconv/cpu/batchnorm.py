@@ -12,6 +12,7 @@ import numpy as np
 from numba import njit, prange
 
 from ..checks import batchnorm_params, check_dout
+from ._blas import kernel_threads
 
 
 @njit(parallel=True, cache=True)
@@ -116,7 +117,8 @@ def _forward(x, gamma, beta, bn_param, spatial):
         var = np.ascontiguousarray(running_var, dtype=x.dtype)
     std = np.empty(C, x.dtype)
     out = np.empty_like(x3)
-    _bn_forward(x3, np.ascontiguousarray(gamma), np.ascontiguousarray(beta), eps, train, mean, var, std, out)
+    with kernel_threads(x3.size):
+        _bn_forward(x3, np.ascontiguousarray(gamma), np.ascontiguousarray(beta), eps, train, mean, var, std, out)
     if train:  # C elements: a plain NumPy update, the same expression as the reference
         bn_param["running_mean"] = (momentum * running_mean + (1 - momentum) * mean).astype(x.dtype)
         bn_param["running_var"] = (momentum * running_var + (1 - momentum) * var).astype(x.dtype)
@@ -130,7 +132,8 @@ def _backward(dout, cache, layer, staged):
     C = x3.shape[1]
     dx = np.empty_like(x3)
     dgamma, dbeta = np.empty(C, x3.dtype), np.empty(C, x3.dtype)
-    _bn_backward(d3, x3, mean, std, gamma, train, staged, dx, dgamma, dbeta)
+    with kernel_threads(x3.size):
+        _bn_backward(d3, x3, mean, std, gamma, train, staged, dx, dgamma, dbeta)
     return dx.reshape(shape), dgamma, dbeta
 
 

@@ -20,7 +20,7 @@ from numba import njit, prange
 
 from ..checks import check_dout, conv_geometry
 from . import _gemm
-from ._blas import blas_threads, matmul
+from ._blas import blas_threads, kernel_threads, matmul
 from ._gemm import gemm
 
 
@@ -161,11 +161,12 @@ class Conv:
         w2 = np.ascontiguousarray(w).reshape(g.F, -1)
         b = np.ascontiguousarray(b)
         out = np.empty((g.N, g.F, g.H_out, g.W_out), dtype=x.dtype)
-        if _gemm.AVAILABLE:
-            with blas_threads(1):  # Numba's threads each run their own GEMM
-                _forward(x, w2, b, g.HH, g.WW, g.stride, g.pad, out)
-        else:
-            _forward_fallback(x, w2, b, g, out)
+        with kernel_threads(out.size * w2.shape[1]):
+            if _gemm.AVAILABLE:
+                with blas_threads(1):  # Numba's threads each run their own GEMM
+                    _forward(x, w2, b, g.HH, g.WW, g.stride, g.pad, out)
+            else:
+                _forward_fallback(x, w2, b, g, out)
         return out, (x, w2, tuple(w.shape), g)
 
     @staticmethod
@@ -175,13 +176,14 @@ class Conv:
         check_dout(dout, (g.N, g.F, g.H_out, g.W_out), x.dtype, "Conv")
         dout = np.ascontiguousarray(dout)
         dx = np.empty_like(x)
-        if _gemm.AVAILABLE:
-            T = max(1, min(numba.get_num_threads(), g.N))
-            dw_part = np.empty((T, g.F, w2.shape[1]), dtype=x.dtype)
-            db_part = np.empty((T, g.F), dtype=x.dtype)
-            with blas_threads(1):
-                _backward(x, w2, dout, g.HH, g.WW, g.stride, g.pad, dx, dw_part, db_part)
-            dw2, db = dw_part.sum(axis=0), db_part.sum(axis=0)  # partials added in chunk order
-        else:
-            dw2, db = _backward_fallback(x, w2, dout, g, dx)
+        with kernel_threads(dout.size * w2.shape[1]):
+            if _gemm.AVAILABLE:
+                T = max(1, min(numba.get_num_threads(), g.N))
+                dw_part = np.empty((T, g.F, w2.shape[1]), dtype=x.dtype)
+                db_part = np.empty((T, g.F), dtype=x.dtype)
+                with blas_threads(1):
+                    _backward(x, w2, dout, g.HH, g.WW, g.stride, g.pad, dx, dw_part, db_part)
+                dw2, db = dw_part.sum(axis=0), db_part.sum(axis=0)  # partials added in chunk order
+            else:
+                dw2, db = _backward_fallback(x, w2, dout, g, dx)
         return dx, dw2.reshape(w_shape), db

@@ -9,7 +9,7 @@ from numba import njit, prange
 
 from ..checks import check_dout, linear_shapes
 from . import _gemm
-from ._blas import blas_threads, matmul
+from ._blas import blas_threads, kernel_threads, matmul
 from ._gemm import gemm
 
 
@@ -53,12 +53,11 @@ class Linear:
         x2 = np.ascontiguousarray(x).reshape(N, D)
         w = np.ascontiguousarray(w)
         b = np.ascontiguousarray(b)
-        if _gemm.AVAILABLE:
-            out = np.empty((N, M), dtype=x2.dtype)
-            with blas_threads(1):
-                _forward(x2, w, b, out, _chunks(N))
-        else:
-            out = matmul(x2, w) + b
+        if not _gemm.AVAILABLE:
+            return matmul(x2, w) + b, (x, w)
+        out = np.empty((N, M), dtype=x2.dtype)
+        with kernel_threads(N * D * M), blas_threads(1):
+            _forward(x2, w, b, out, _chunks(N))
         return out, (x, w)
 
     @staticmethod
@@ -71,10 +70,10 @@ class Linear:
         x2 = np.ascontiguousarray(x).reshape(N, D)
         if not _gemm.AVAILABLE:
             return matmul(dout, w.T).reshape(x.shape), matmul(x2.T, dout), dout.sum(axis=0)
-        T = _chunks(N)
-        dx = np.empty((N, D), dtype=dout.dtype)
-        dw_part = np.empty((T, D, M), dtype=dout.dtype)
-        db_part = np.empty((T, M), dtype=dout.dtype)
-        with blas_threads(1):
+        with kernel_threads(N * D * M), blas_threads(1):
+            T = _chunks(N)
+            dx = np.empty((N, D), dtype=dout.dtype)
+            dw_part = np.empty((T, D, M), dtype=dout.dtype)
+            db_part = np.empty((T, M), dtype=dout.dtype)
             _backward(x2, w, dout, dx, dw_part, db_part)
         return dx.reshape(x.shape), dw_part.sum(axis=0), db_part.sum(axis=0)

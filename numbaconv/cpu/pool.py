@@ -9,6 +9,7 @@ import numpy as np
 from numba import njit, prange
 
 from ..checks import check_dout, pool_geometry
+from ._blas import kernel_threads
 
 
 @njit(parallel=True, cache=True)
@@ -57,7 +58,8 @@ class MaxPool:
         x = np.ascontiguousarray(x)
         out = np.empty((g.N, g.C, g.H_out, g.W_out), dtype=x.dtype)
         arg = np.empty((g.N, g.C, g.H_out, g.W_out), dtype=np.int32)
-        _pool_forward(x, g.pool_height, g.pool_width, g.stride, out, arg)
+        with kernel_threads(out.size * g.pool_height * g.pool_width):
+            _pool_forward(x, g.pool_height, g.pool_width, g.stride, out, arg)
         return out, (arg, x.dtype, g)
 
     @staticmethod
@@ -66,5 +68,6 @@ class MaxPool:
         arg, dtype, g = cache
         check_dout(dout, (g.N, g.C, g.H_out, g.W_out), dtype, "MaxPool")
         dx = np.empty((g.N, g.C, g.H, g.W), dtype=dtype)
-        _pool_backward(np.ascontiguousarray(dout), arg, dx)
+        with kernel_threads(dx.size):
+            _pool_backward(np.ascontiguousarray(dout), arg, dx)
         return dx

@@ -2,6 +2,7 @@ import numpy as np
 from numba import njit, prange
 
 from ..checks import check_array, check_dout
+from ._blas import kernel_threads
 
 
 @njit(parallel=True, cache=True)
@@ -24,7 +25,8 @@ class ReLU:
         check_array("x", x)
         x = np.ascontiguousarray(x)
         out = np.empty_like(x)
-        _relu_forward(x.reshape(-1), out.reshape(-1))
+        with kernel_threads(x.size):
+            _relu_forward(x.reshape(-1), out.reshape(-1))
         return out, x
 
     @staticmethod
@@ -33,5 +35,6 @@ class ReLU:
         x = cache
         check_dout(dout, x.shape, x.dtype, "ReLU")
         dx = np.empty_like(x)
-        _relu_backward(np.ascontiguousarray(dout).reshape(-1), x.reshape(-1), dx.reshape(-1))
+        with kernel_threads(x.size):
+            _relu_backward(np.ascontiguousarray(dout).reshape(-1), x.reshape(-1), dx.reshape(-1))
         return dx

@@ -2,6 +2,7 @@ import numpy as np
 from numba import njit, prange
 
 from ..checks import softmax_inputs
+from ._blas import kernel_threads
 
 
 @njit(parallel=True, cache=True)
@@ -31,5 +32,6 @@ def softmax_loss(x, y):
     N, _ = softmax_inputs(x, y)
     dx = np.empty(x.shape, dtype=x.dtype)
     losses = np.empty(N, dtype=np.float64)
-    _softmax_rows(np.ascontiguousarray(x), np.ascontiguousarray(y, dtype=np.int64), dx, losses)
+    with kernel_threads(x.size):
+        _softmax_rows(np.ascontiguousarray(x), np.ascontiguousarray(y, dtype=np.int64), dx, losses)
     return float(losses.sum() / N), dx
