@@ -330,7 +330,12 @@ def load_split_for(ck: Checkpoint, split: str = "test", dataset: str | None = No
     if not name:
         raise ValueError(f"checkpoint {ck.path} does not record its dataset; pass one explicitly")
     same = dataset is None or dataset == info.get("name")
-    nv = num_val if num_val is not None else (info.get("num_val", 1000) if same else 1000)
+    if num_val is not None:
+        nv = num_val
+    elif split == "test":  # the hold-out does not touch the test split (and preprocessing is redone below)
+        nv = 0
+    else:
+        nv = info.get("num_val", 1000) if same else 1000
     ds = load_dataset(name, num_val=nv, num_train=info.get("num_train") if same else None,
                       normalize_std=bool(info.get("normalize_std", False)), dtype=ck.model.dtype,
                       data_home=data_home, seed=int(info.get("seed", 0)) if same else 0)

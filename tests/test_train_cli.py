@@ -156,3 +156,40 @@ def test_evaluate_bad_input(tmp_path):
     assert r.exit_code == 2 and "does not exist" in r.output
     r = runner.invoke(app, ["evaluate", str(tmp_path / "nope.h5"), "--split", "holdout"])
     assert r.exit_code == 2
+
+
+def _write_h5(path, n_train, n_test, seed):
+    from numbaconv.data.store import Split, write_h5
+
+    rng = np.random.default_rng(seed)
+    splits = {"train": Split(rng.integers(0, 256, (n_train, 3, 8, 8), dtype=np.uint8), rng.integers(0, 3, n_train))}
+    if n_test:
+        splits["test"] = Split(rng.integers(0, 256, (n_test, 3, 8, 8), dtype=np.uint8), rng.integers(0, 3, n_test))
+    write_h5(path, splits, ["a", "b", "c"], {})
+
+
+def test_file_dataset_and_evaluate_preprocesses_like_training(tmp_path):
+    """Train on one HDF5 file, evaluate on another: its images must be centred with
+    the training file's mean (recorded in the checkpoint), not their own."""
+    from numbaconv.checkpoint import load_checkpoint
+    from numbaconv.data.store import read_h5
+
+    train_file, other = tmp_path / "train.h5", tmp_path / "other.h5"
+    _write_h5(train_file, 30, 0, seed=0)
+    _write_h5(other, 10, 12, seed=1)
+    out = tmp_path / "run"
+    r = runner.invoke(app, ["train", "--dataset", str(train_file), "--filters", "3,3,3", "--num-val", "10",
+                            "--batch-size", "10", "--epochs", "1", "--backend", "cpu", "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(app, ["evaluate", str(out / "last.h5")])    # the training file has no test split
+    assert r.exit_code == 2 and "has no test split" in " ".join(r.output.split())
+
+    r = runner.invoke(app, ["evaluate", str(out / "last.h5"), "--dataset", str(other), "--json"])
+    assert r.exit_code == 0, r.output
+    result = json.loads(r.output)
+    ck = load_checkpoint(out / "last.h5")
+    images, labels = read_h5(other).splits["test"]
+    X = (images / 255.0 - np.reshape(ck.data_info["mean"], (1, 3, 1, 1))).astype(np.float32)
+    expected = float(np.mean(ck.model.predict(X) == labels))
+    assert result["accuracy"] == pytest.approx(expected) and result["num_images"] == 12
+    assert list(result["per_class"]) == ["a", "b", "c"]
