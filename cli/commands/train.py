@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 import math
 import sys
-import time
 from enum import Enum
 from pathlib import Path
 from typing import Optional
