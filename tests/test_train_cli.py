@@ -118,7 +118,11 @@ def test_time_budget(tmp_path):
     assert r.exit_code == 0, r.output
     assert "time budget reached" in r.output
     history = json.loads((out / "history.json").read_text())
-    assert history["time"][-1] <= 0.5 and len(history["loss"]) >= 1
+    # The rule (stop when the spent time plus the last step's would pass the budget) is
+    # checked exactly with a fake clock in test_solver; a real clock only bounds it loosely:
+    # the first step is always taken, and each one is timed.
+    assert len(history["loss"]) >= 1 and history["time"][-1] > 0
+    assert history["iteration"][-1] == len(history["loss"])
 
 
 @pytest.mark.parametrize("args, message", [
