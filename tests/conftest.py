@@ -15,7 +15,7 @@ import pytest  # noqa: E402
 from numbaconv import get_backend  # noqa: E402
 
 # Backends under test; "reference" is the oracle the others are compared with.
-BACKENDS = ["reference"]
+BACKENDS = ["reference", "cpu", "cuda"]
 FAST_BACKENDS = [b for b in BACKENDS if b != "reference"]
 
 
