@@ -24,8 +24,11 @@ def gradcheck(
                                 "compared with a float64 numeric gradient at 1e-3."),
     seed: int = typer.Option(0, help="Seed for the random inputs."),
 ) -> None:
-    """Check every layer and sandwich layer's backward pass against centered-difference
-    numeric gradients on small random inputs. Exits with code 1 if any check fails."""
+    """Check every layer's and sandwich layer's backward pass against numeric gradients.
+
+    Small random inputs; the numeric gradients are centered differences through the
+    reference backend (the spec) in float64. Exits with code 1 if any check fails.
+    """
     from numbaconv.gradcheck import check_backend
 
     with console.status(f"checking {backend.value} layers in {dtype.value}..."):
