@@ -36,7 +36,9 @@ def test_train_writes_run_folder_and_evaluate_reads_it(tmp_path):
     r = _train("--epochs", 2, "--out", out)
     assert r.exit_code == 0, r.output
     assert "all epochs done" in r.output and "best val acc" in r.output
-    assert sorted(p.name for p in out.iterdir()) == ["best.h5", "config.json", "history.json", "last.h5"]
+    assert sorted(p.name for p in out.iterdir()) == ["best.h5", "config.json", "curves.png", "history.json", "last.h5"]
+    from matplotlib.image import imread   # the curves `numbaconv plot` draws (8x6 in at 100 dpi)
+    assert imread(str(out / "curves.png")).shape[:2] == (600, 800)
     history = json.loads((out / "history.json").read_text())
     assert len(history["loss"]) == 4 and history["epoch"] == [1.0, 2.0] and len(history["val_acc"]) == 2
     config = json.loads((out / "config.json").read_text())

@@ -235,6 +235,9 @@ def train(
                 if last.exists() and solver.epoch > 0 else "no checkpoint was written before it diverged")
         raise fail(f"training stopped: {e} {kept[0].upper() + kept[1:]}.", 1) from None
 
+    from numbaconv.plots import plot_history   # the run's curves, as `numbaconv plot` draws them
+    plot_history(solver.history(), out / "curves.png", title=f"{out}: training loss")
+
     table = Table(title=f"run {out}", show_header=False)
     steps, secs = solver.iteration - session[0], solver.train_time - session[1]
     rows = [("stopped", "time budget reached" if reason == "time_limit" else "all epochs done"),
@@ -245,7 +248,7 @@ def train(
             ("final loss", f"{solver.loss_history[-1]:.4f}" if solver.loss_history else "-"),
             ("train acc (last check)", f"{solver.train_acc_history[-1]:.4f}" if solver.train_acc_history else "-"),
             ("best val acc", f"{solver.best_val_acc:.4f} (epoch {solver.best_epoch:.2f})" if solver.best_epoch is not None else "-"),
-            ("files", f"{out}/best.h5 last.h5 history.json config.json")]
+            ("files", f"{out}/best.h5 last.h5 history.json config.json curves.png")]
     for k, v in rows:
         table.add_row(k, v)
     console.print(table)
