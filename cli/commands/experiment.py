@@ -12,8 +12,8 @@ from rich.table import Table
 from ..console import console, fail
 from .train import Backend
 
-app = typer.Typer(name="experiment", help="The report's experiments: each writes DIR/<name>.json and "
-                  "DIR/<name>.png and prints a summary.", no_args_is_help=True)
+app = typer.Typer(name="experiment", help="The report's experiments: each writes OUT/NAME.json and "
+                  "OUT/NAME.png and prints a summary.", no_args_is_help=True)
 
 DATASET_HELP = "cifar10 (see `numbaconv datasets`), synthetic, or an HDF5 file in numbaconv's layout."
 
