@@ -150,9 +150,9 @@ def plot_bn_lr(results: dict, path, title: str | None = None, size=(10, 8)) -> P
         ax.legend()
         ax = axes[1, col]
         for variant, runs in results.items():
-            for lr in sorted(runs):
+            for j, lr in enumerate(sorted(runs)):   # one colour per learning rate, one line style per variant
                 h = runs[lr]
-                ax.plot(h["epoch"], h[key], styles.get(variant, "-"), marker=".",
+                ax.plot(h["epoch"], h[key], styles.get(variant, "-"), marker=".", color=f"C{j % 10}",
                         label=f"{variant} lr={lr:g}")
         ax.set_xlabel("epoch")
         ax.set_ylabel(("train" if key == "train_acc" else "val") + " accuracy")
