@@ -306,7 +306,128 @@ class DeepConvNet(_ConvNet):
         return self._data_loss(scores, y, backward)
 
 
-MODELS = {ThreeLayerConvNet.kind: ThreeLayerConvNet, DeepConvNet.kind: DeepConvNet}
+def global_max_pool_forward(x):
+    """(N, C, H, W) -> (N, C), the max over each map; ties go to the first in row-major order
+    (NumPy's argmax), as in MaxPool. A model-level op: a few KiB of work, no kernel needed."""
+    N, C = x.shape[:2]
+    flat = x.reshape(N, C, -1)
+    idx = flat.argmax(axis=2)
+    return np.take_along_axis(flat, idx[:, :, None], axis=2)[:, :, 0], (x.shape, idx)
+
+
+def global_max_pool_backward(dout, cache):
+    shape, idx = cache
+    N, C = shape[:2]
+    dx = np.zeros((N, C, shape[2] * shape[3]), dtype=dout.dtype)
+    np.put_along_axis(dx, idx[:, :, None], dout[:, :, None], axis=2)
+    return dx.reshape(shape)
+
+
+class FastNet(_ConvNet):
+    """The "fast CIFAR" recipe's net (residual-free):
+    stem conv 3x3 - BN - ReLU (``stem=0``: none), then per width in ``widths`` a group
+    {conv 3x3 - BN - ReLU - 2x2 pool, (conv 3x3 - BN - ReLU) x (convs_per_group - 1)},
+    global max pool, linear, scores times ``logit_scale``; label-smoothed softmax loss.
+    Every conv is followed by batch norm. ``tta_flip`` makes ``predict`` average the
+    scores of each image and its horizontal mirror.
+    """
+
+    kind = "fast"
+
+    def __init__(self, input_dims=(3, 32, 32), stem=16, widths=(16, 32, 64), convs_per_group=1,
+                 num_classes=10, smoothing=0.2, logit_scale=1.0, tta_flip=False, weight_scale="kaiming",
+                 reg=0.0, dtype=np.float32, backend="cpu", seed=None):
+        self._setup(input_dims, num_classes, reg, dtype, backend, seed)
+        self.stem = 0 if stem in (0, None) else _pos_int("stem", stem)   # 0: no stem conv
+        try:
+            self.widths = [_pos_int(f"widths[{i}]", w) for i, w in enumerate(widths)]
+        except TypeError:
+            raise ValueError(f"widths must be a list of positive integers, got {widths!r}") from None
+        self.convs_per_group = _pos_int("convs_per_group", convs_per_group)
+        self.smoothing = float(smoothing)
+        if not (math.isfinite(self.smoothing) and 0.0 <= self.smoothing < 1.0):
+            raise ValueError(f"smoothing must be in [0, 1), got {smoothing!r}")
+        self.logit_scale = float(logit_scale)
+        if not (math.isfinite(self.logit_scale) and self.logit_scale > 0):
+            raise ValueError(f"logit_scale must be a finite number > 0, got {logit_scale!r}")
+        self.tta_flip = bool(tta_flip)
+        self.weight_scale = _weight_scale(weight_scale)
+        C, H, W = self.input_dims
+        for _ in self.widths:
+            if H % 2 or W % 2:
+                raise ValueError(f"input_dims {self.input_dims} cannot be pooled {len(self.widths)} times "
+                                 f"(a 2x2 pool meets a {H}x{W} map)")
+            H, W = H // 2, W // 2
+        # (filters, pool after it) per conv layer, numbered from 1
+        self.layers = [(self.stem, False)] if self.stem else []
+        for w in self.widths:
+            self.layers += [(w, True)] + [(w, False)] * (self.convs_per_group - 1)
+        c_in = C
+        for i, (F, _) in enumerate(self.layers, start=1):
+            if self.weight_scale == "kaiming":
+                self.params[f"W{i}"] = kaiming_initializer(c_in, F, K=3, relu=True, dtype=self.dtype, rng=self.rng)
+            else:
+                self.params[f"W{i}"] = (self.rng.standard_normal((F, c_in, 3, 3)) * self.weight_scale).astype(self.dtype)
+            self.params[f"b{i}"] = np.zeros(F, dtype=self.dtype)
+            self.params[f"gamma{i}"] = np.ones(F, dtype=self.dtype)
+            self.params[f"beta{i}"] = np.zeros(F, dtype=self.dtype)
+            c_in = F
+        last = len(self.layers) + 1
+        self.params[f"W{last}"] = kaiming_initializer(c_in, self.num_classes, relu=False, dtype=self.dtype, rng=self.rng)
+        self.params[f"b{last}"] = np.zeros(self.num_classes, dtype=self.dtype)
+        self.bn_params = [{"mode": "train", "running_mean": np.zeros(F, dtype=self.dtype),
+                           "running_var": np.zeros(F, dtype=self.dtype)} for F, _ in self.layers]
+        self.conv_param = {"stride": 1, "pad": 1}
+
+    def config(self) -> dict:
+        return {"kind": self.kind, "input_dims": list(self.input_dims), "stem": self.stem, "widths": list(self.widths),
+                "convs_per_group": self.convs_per_group, "num_classes": self.num_classes,
+                "smoothing": self.smoothing, "logit_scale": self.logit_scale, "tta_flip": self.tta_flip,
+                "weight_scale": self.weight_scale, "reg": self.reg, "dtype": self.dtype.name,
+                "backend": self.backend}
+
+    def _scores(self, X, train: bool):
+        self._set_bn_mode("train" if train else "test")
+        p, L = self.params, self.L
+        caches = []
+        h = X
+        for i, (_, pool) in enumerate(self.layers, start=1):
+            layer = L.Conv_BatchNorm_ReLU_Pool if pool else L.Conv_BatchNorm_ReLU
+            h, cache = layer.forward(h, p[f"W{i}"], p[f"b{i}"], p[f"gamma{i}"], p[f"beta{i}"], self.conv_param,
+                                     self.bn_params[i - 1], *((POOL,) if pool else ()))
+            caches.append((layer, cache))
+        g, gcache = global_max_pool_forward(h)
+        last = len(self.layers) + 1
+        scores, lcache = self.nb.Linear.forward(g, p[f"W{last}"], p[f"b{last}"])
+        return scores * self.dtype.type(self.logit_scale), (caches, gcache, lcache)
+
+    def loss(self, X, y=None):
+        X = self._check_inputs(X, y)
+        if y is None:
+            scores, _ = self._scores(X, train=False)
+            if self.tta_flip:
+                scores = 0.5 * (scores + self._scores(np.ascontiguousarray(X[..., ::-1]), train=False)[0])
+            return scores
+        scores, (caches, gcache, lcache) = self._scores(X, train=True)
+        from .losses import smoothed_softmax_loss
+
+        loss, dscores = smoothed_softmax_loss(scores, y, self.smoothing)
+        last = len(self.layers) + 1
+        grads = {}
+        dg, grads[f"W{last}"], grads[f"b{last}"] = self.nb.Linear.backward(
+            dscores * self.dtype.type(self.logit_scale), lcache)
+        dh = global_max_pool_backward(dg, gcache)
+        for i in range(len(self.layers), 0, -1):
+            layer, cache = caches[i - 1]
+            dh, grads[f"W{i}"], grads[f"b{i}"], grads[f"gamma{i}"], grads[f"beta{i}"] = layer.backward(dh, cache)
+        for name, w in self.params.items():
+            if name.startswith("W"):
+                loss += self.reg * float(np.sum(w.astype(np.float64) ** 2))
+                grads[name] = grads[name] + (2.0 * self.reg) * w
+        return loss, grads
+
+
+MODELS = {ThreeLayerConvNet.kind: ThreeLayerConvNet, DeepConvNet.kind: DeepConvNet, FastNet.kind: FastNet}
 
 
 def build_model(config: dict, **overrides):

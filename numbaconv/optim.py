@@ -28,7 +28,10 @@ DEFAULTS = {
     "sgd_momentum": {"learning_rate": 1e-2, "momentum": 0.9},
     "rmsprop": {"learning_rate": 1e-2, "decay_rate": 0.99, "epsilon": 1e-8},
     "adam": {"learning_rate": 1e-3, "beta1": 0.9, "beta2": 0.999, "epsilon": 1e-8},
+    "sgd_nesterov": {"learning_rate": 1e-2, "momentum": 0.9},
 }
+# Optional hyperparameters (not in DEFAULTS, so 0 = off is allowed): coupled L2 weight decay.
+_OPTIONAL = {"sgd_nesterov": {"weight_decay": 0.0}}
 # Hyperparameters that are decay factors must lie in [0, 1); the others must be > 0.
 _FACTORS = ("momentum", "decay_rate", "beta1", "beta2")
 
@@ -43,8 +46,16 @@ def _setup(rule: str, w, dw, config) -> tuple[dict, dict]:
         raise ValueError(f"{rule}: w and dw must be NumPy arrays, got {type(w).__name__} and {type(dw).__name__}")
     if w.shape != dw.shape:
         raise ValueError(f"{rule}: w has shape {w.shape} but dw has shape {dw.shape}")
-    config = {**DEFAULTS[rule], **config}
+    config = {**DEFAULTS[rule], **_OPTIONAL.get(rule, {}), **config}
     hyper = {}
+    for key in _OPTIONAL.get(rule, {}):
+        try:
+            value = float(config[key])
+        except (TypeError, ValueError):
+            raise ValueError(f"{rule}: config[{key!r}] must be a number, got {config[key]!r}") from None
+        if not (math.isfinite(value) and value >= 0.0):
+            raise ValueError(f"{rule}: config[{key!r}] must be finite and >= 0, got {config[key]!r}")
+        hyper[key] = value
     for key in DEFAULTS[rule]:
         try:
             value = float(config[key])
@@ -109,11 +120,23 @@ def adam(w, dw, config=None):
     return w - h["learning_rate"] * m_hat / (np.sqrt(v_hat) + h["epsilon"]), config
 
 
+def sgd_nesterov(w, dw, config=None):
+    """SGD with Nesterov momentum (PyTorch's form) and optional L2 weight decay:
+    g = dw + weight_decay * w; v = momentum * v + g; w -= learning_rate * (g + momentum * v).
+    Give ``weight_decay`` 0 in the configs of parameters that must not decay (BN, biases)."""
+    config, h = _setup("sgd_nesterov", w, dw, config)
+    g = dw + h["weight_decay"] * w if h["weight_decay"] else dw
+    v = h["momentum"] * _state(config, "velocity", w, "sgd_nesterov") + g
+    config["velocity"] = v
+    return w - h["learning_rate"] * (g + h["momentum"] * v), config
+
+
 UPDATE_RULES: dict[str, Callable] = {
     "sgd": sgd,
     "sgd_momentum": sgd_momentum,
     "rmsprop": rmsprop,
     "adam": adam,
+    "sgd_nesterov": sgd_nesterov,
 }
 
 

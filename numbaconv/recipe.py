@@ -1,0 +1,122 @@
+"""Training recipes: the pieces a fast run needs on top of the Solver's hooks.
+
+- ``augment_crop_flip(pad, flip)``: an ``augment(X, y, rng)`` hook doing random
+  translation by up to ``pad`` pixels (zero padding, i.e. the mean image after
+  mean subtraction) and horizontal flips, vectorised over the batch (one gather).
+- ``TimeSchedule``: warm-up then linear/cosine decay of the learning rate by the
+  elapsed fraction of a time budget (``solver.train_time / time_budget``), or of
+  the iterations when no budget is given; a ``schedule(solver)`` hook.
+- ``exclude_from_decay(solver)``: weight decay only on weights ("W*"), never on
+  biases or BN's gamma/beta.
+- ``RECIPES["fast"]``: the "fast CIFAR" recipe (FastNet, label smoothing 0.2,
+  Nesterov SGD, one-cycle over the time budget, flip + 2-pixel translation).
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+
+def augment_crop_flip(pad: int = 2, flip: bool = True):
+    """An augment hook: each image shifted by (dy, dx) in [-pad, pad]^2 and mirrored with p=0.5."""
+    if isinstance(pad, bool) or not isinstance(pad, (int, np.integer)) or pad < 0:
+        raise ValueError(f"pad must be an integer >= 0, got {pad!r}")
+    pad = int(pad)
+
+    def augment(X, y, rng):
+        if X.ndim != 4:
+            raise ValueError(f"augment expects images (N, C, H, W), got shape {X.shape}")
+        N, C, H, W = X.shape
+        Xp = np.pad(X, ((0, 0), (0, 0), (pad, pad), (pad, pad))) if pad else X
+        oy = rng.integers(0, 2 * pad + 1, size=N)
+        ox = rng.integers(0, 2 * pad + 1, size=N)
+        rows = oy[:, None] + np.arange(H)                      # (N, H)
+        cols = ox[:, None] + np.arange(W)                      # (N, W)
+        if flip:
+            mirror = rng.random(N) < 0.5
+            cols[mirror] = cols[mirror, ::-1]
+        out = Xp[np.arange(N)[:, None, None, None], np.arange(C)[None, :, None, None],
+                 rows[:, None, :, None], cols[:, None, None, :]]
+        return out, y
+
+    return augment
+
+
+class TimeSchedule:
+    """lr = peak * f(t), t the elapsed fraction in [0, 1]: linear warm-up from
+    ``start`` to 1 over ``warmup``, then ``shape`` ("linear" or "cosine") decay to ``final``."""
+
+    def __init__(self, peak_lr: float, time_budget: float | None = None, warmup: float = 0.2,
+                 shape: str = "linear", start: float = 0.1, final: float = 0.0):
+        if shape not in ("linear", "cosine"):
+            raise ValueError(f"shape must be 'linear' or 'cosine', got {shape!r}")
+        if not (math.isfinite(peak_lr) and peak_lr > 0):
+            raise ValueError(f"peak_lr must be a finite number > 0, got {peak_lr!r}")
+        if time_budget is not None and not (math.isfinite(time_budget) and time_budget > 0):
+            raise ValueError(f"time_budget must be a number of seconds > 0, got {time_budget!r}")
+        if not 0.0 <= warmup < 1.0:
+            raise ValueError(f"warmup must be a fraction in [0, 1), got {warmup!r}")
+        for name, v in (("start", start), ("final", final)):
+            if not (math.isfinite(v) and v >= 0):
+                raise ValueError(f"{name} must be a finite number >= 0, got {v!r}")
+        self.peak_lr, self.time_budget, self.warmup = float(peak_lr), time_budget, float(warmup)
+        self.shape, self.start, self.final = shape, float(start), float(final)
+
+    def factor(self, t: float) -> float:
+        t = min(max(t, 0.0), 1.0)
+        if t < self.warmup:
+            return self.start + (1.0 - self.start) * t / self.warmup
+        u = (t - self.warmup) / (1.0 - self.warmup)
+        if self.shape == "linear":
+            return 1.0 + (self.final - 1.0) * u
+        return self.final + (1.0 - self.final) * 0.5 * (1.0 + math.cos(math.pi * u))
+
+    def fraction(self, solver) -> float:
+        if self.time_budget is not None:
+            return solver.train_time / self.time_budget
+        return solver.iteration / max(solver.num_iterations, 1)
+
+    def __call__(self, solver) -> None:
+        solver.set_learning_rate(self.peak_lr * self.factor(self.fraction(solver)))
+
+
+def exclude_from_decay(solver) -> None:
+    """Set weight_decay 0 for every parameter that is not a weight (biases, gamma, beta)."""
+    for name, cfg in solver.optim_configs.items():
+        if not name.startswith("W"):
+            cfg["weight_decay"] = 0.0
+
+
+# name -> model config (FastNet kind) and solver settings
+RECIPES = {
+    "fast": {
+        "model": {"kind": "fast", "stem": 0, "widths": [16, 32, 64], "convs_per_group": 1,
+                  "smoothing": 0.2, "logit_scale": 1.0, "tta_flip": True, "weight_scale": "kaiming",
+                  "reg": 0.0, "dtype": "float32"},
+        "update_rule": "sgd_nesterov", "optim_config": {"momentum": 0.9, "weight_decay": 5e-4},
+        "peak_lr": 0.2, "warmup": 0.2, "shape": "linear", "batch_size": 256, "pad": 2, "flip": True,
+    },
+}
+
+
+def recipe_solver(name: str, data: dict, time_budget: float | None, seed: int = 0, backend: str = "cpu",
+                  num_epochs: int | None = None, **solver_kwargs):
+    """(model, solver) set up for recipe ``name`` on ``data`` (Solver's dict of splits)."""
+    from .models import build_model
+    from .solver import Solver
+
+    if name not in RECIPES:
+        raise ValueError(f"unknown recipe {name!r}; choose one of {', '.join(RECIPES)}")
+    r = RECIPES[name]
+    cfg = {**r["model"], "input_dims": list(data["X_train"].shape[1:]),
+           "num_classes": int(max(data["y_train"].max(), data["y_val"].max())) + 1, "backend": backend}
+    model = build_model(cfg, seed=seed)
+    if num_epochs is None:
+        num_epochs = 10 ** 6 if time_budget is not None else 10
+    solver = Solver(model, data, update_rule=r["update_rule"], optim_config=dict(r["optim_config"]),
+                    batch_size=r["batch_size"], num_epochs=num_epochs, seed=seed,
+                    schedule=TimeSchedule(r["peak_lr"], time_budget, warmup=r["warmup"], shape=r["shape"]),
+                    augment=augment_crop_flip(r["pad"], r["flip"]), **solver_kwargs)
+    exclude_from_decay(solver)
+    return model, solver
