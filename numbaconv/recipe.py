@@ -100,23 +100,39 @@ RECIPES = {
 }
 
 
+def _recipe(name: str) -> dict:
+    if name not in RECIPES:
+        raise ValueError(f"unknown recipe {name!r}; choose one of {', '.join(RECIPES)}")
+    return RECIPES[name]
+
+
+def recipe_model_config(name: str, input_dims, num_classes: int, backend: str = "cpu") -> dict:
+    """The model config (for ``build_model``) of recipe ``name``."""
+    return {**_recipe(name)["model"], "input_dims": list(input_dims), "num_classes": int(num_classes),
+            "backend": backend}
+
+
+def recipe_solver_kwargs(name: str, time_budget: float | None) -> dict:
+    """Solver arguments of recipe ``name``: update rule, optimizer config, batch size and the
+    schedule/augment hooks (the schedule runs over ``time_budget`` seconds, or the iterations if None).
+    Call ``exclude_from_decay`` on the Solver afterwards (a fresh one; resumed configs keep it)."""
+    r = _recipe(name)
+    return {"update_rule": r["update_rule"], "optim_config": dict(r["optim_config"]), "batch_size": r["batch_size"],
+            "schedule": TimeSchedule(r["peak_lr"], time_budget, warmup=r["warmup"], shape=r["shape"]),
+            "augment": augment_crop_flip(r["pad"], r["flip"])}
+
+
 def recipe_solver(name: str, data: dict, time_budget: float | None, seed: int = 0, backend: str = "cpu",
                   num_epochs: int | None = None, **solver_kwargs):
     """(model, solver) set up for recipe ``name`` on ``data`` (Solver's dict of splits)."""
     from .models import build_model
     from .solver import Solver
 
-    if name not in RECIPES:
-        raise ValueError(f"unknown recipe {name!r}; choose one of {', '.join(RECIPES)}")
-    r = RECIPES[name]
-    cfg = {**r["model"], "input_dims": list(data["X_train"].shape[1:]),
-           "num_classes": int(max(data["y_train"].max(), data["y_val"].max())) + 1, "backend": backend}
-    model = build_model(cfg, seed=seed)
+    num_classes = int(max(data["y_train"].max(), data["y_val"].max())) + 1
+    model = build_model(recipe_model_config(name, data["X_train"].shape[1:], num_classes, backend), seed=seed)
     if num_epochs is None:
         num_epochs = 10 ** 6 if time_budget is not None else 10
-    solver = Solver(model, data, update_rule=r["update_rule"], optim_config=dict(r["optim_config"]),
-                    batch_size=r["batch_size"], num_epochs=num_epochs, seed=seed,
-                    schedule=TimeSchedule(r["peak_lr"], time_budget, warmup=r["warmup"], shape=r["shape"]),
-                    augment=augment_crop_flip(r["pad"], r["flip"]), **solver_kwargs)
+    solver = Solver(model, data, num_epochs=num_epochs, seed=seed,
+                    **{**recipe_solver_kwargs(name, time_budget), **solver_kwargs})
     exclude_from_decay(solver)
     return model, solver

@@ -18,7 +18,7 @@ from ..console import console, fail
 # which options were given and refuse ones the checkpoint fixes).
 DEFAULT_FILTERS = {"deep": "16,32,64", "three-layer": "32"}
 DEFAULT_POOLS = "0,1,2"
-FIXED_BY_CHECKPOINT = ("dataset", "model", "filters", "pools", "batchnorm", "optimizer", "lr", "lr_decay",
+FIXED_BY_CHECKPOINT = ("recipe", "dataset", "model", "filters", "pools", "batchnorm", "optimizer", "lr", "lr_decay",
                        "batch_size", "reg", "weight_scale", "num_train", "num_val", "dtype", "seed", "normalize_std")
 
 
@@ -32,6 +32,14 @@ class Optimizer(str, Enum):
     sgd_momentum = "sgd_momentum"
     rmsprop = "rmsprop"
     adam = "adam"
+
+
+class Recipe(str, Enum):
+    fast = "fast"
+
+
+# Options a recipe sets itself (giving one with --recipe is an error, not a silent override).
+SET_BY_RECIPE = ("model", "filters", "pools", "batchnorm", "optimizer", "lr", "lr_decay", "batch_size", "weight_scale")
 
 
 class Backend(str, Enum):
@@ -74,6 +82,9 @@ def _progress_text(solver, budget: Optional[float], session_start: tuple[int, fl
 
 def train(
     out: Path = typer.Option(..., "--out", help="Run folder: best.h5, last.h5, history.json, config.json."),
+    recipe: Optional[Recipe] = typer.Option(None, help="A named recipe that sets the model, optimizer, schedule and "
+                                            "augmentation: fast = FastNet, label smoothing, Nesterov SGD, "
+                                            "warm-up + linear decay over --time-budget, flip + 2-pixel shifts."),
     dataset: Optional[str] = typer.Option(None, help="synthetic (default), cifar10 (see `numbaconv datasets`) "
                                           "or an HDF5 file in numbaconv's layout."),
     model: Optional[ModelKind] = typer.Option(None, help="deep (default): {conv - (batchnorm) - relu - (pool)} x L - linear; "
@@ -110,6 +121,7 @@ def train(
     from numbaconv.checkpoint import data_info_for, load_checkpoint, save_json, write_run_files
     from numbaconv.data import load_dataset
     from numbaconv.models import build_model
+    from numbaconv.recipe import exclude_from_decay, recipe_model_config, recipe_solver_kwargs
     from numbaconv.solver import NonFiniteLossError, Solver
 
     given = {k: v for k, v in locals().items() if k in FIXED_BY_CHECKPOINT and v is not None}
@@ -136,6 +148,31 @@ def train(
                 ds = load_dataset(info["name"], num_val=info["num_val"], num_train=info.get("num_train"),
                                   normalize_std=info["normalize_std"], dtype=net.dtype, seed=info["seed"])
             solver_kwargs = {"update_rule": settings["update_rule"], "seed": run.get("seed", 0)}
+            if run.get("recipe"):   # hooks are code, not state: rebuilt over the (total) budget
+                hooks = recipe_solver_kwargs(run["recipe"], time_budget)
+                solver_kwargs.update(schedule=hooks["schedule"], augment=hooks["augment"])
+        elif recipe is not None:
+            if epochs is None and time_budget is None:
+                raise fail("give --epochs N or --time-budget SECONDS (or both: whichever ends first)", 2)
+            clash = [k for k in SET_BY_RECIPE if k in given]
+            if clash:
+                names = ", ".join("--" + k.replace("_", "-") for k in clash)
+                raise fail(f"{names} cannot be given with --recipe {recipe.value}: the recipe sets them", 2)
+            dt = (dtype or DType.float32).value
+            run = {"recipe": recipe.value, "dataset": dataset or "synthetic", "epochs": epochs,
+                   "time_budget": time_budget, "seed": 0 if seed is None else seed,
+                   "num_val": 1000 if num_val is None else num_val, "num_train": num_train,
+                   "normalize_std": bool(normalize_std)}
+            with console.status(f"loading {run['dataset']}..."):
+                ds = load_dataset(run["dataset"], num_val=run["num_val"], num_train=num_train,
+                                  normalize_std=run["normalize_std"], dtype=np.dtype(dt))
+            config = recipe_model_config(recipe.value, ds.X_train.shape[1:], len(ds.class_names),
+                                         (backend or Backend.cpu).value)
+            config.update(dtype=dt, **({} if reg is None else {"reg": reg}))
+            net = build_model(config, seed=run["seed"])
+            info = data_info_for(ds, run["dataset"], run["num_val"], num_train, run["normalize_std"], 0)
+            solver_kwargs = {**recipe_solver_kwargs(recipe.value, time_budget), "seed": run["seed"]}
+            run.update(optimizer=solver_kwargs["update_rule"], batch_size=solver_kwargs["batch_size"])
         else:
             if epochs is None and time_budget is None:
                 raise fail("give --epochs N or --time-budget SECONDS (or both: whichever ends first)", 2)
@@ -181,6 +218,8 @@ def train(
         if resume is not None:
             solver.load_state_dict(ck.solver_state)
             solver.num_epochs = num_epochs
+        elif recipe is not None:
+            exclude_from_decay(solver)
         out.mkdir(parents=True, exist_ok=True)
     except ValueError as e:  # bad option values, data or checkpoint: the library says what is wrong
         raise fail(str(e), 2) from None
