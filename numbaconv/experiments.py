@@ -55,11 +55,11 @@ def _setup(dataset, backend, seed, num_train, num_val, dtype):
             "num_val": num_val, "dtype": np.dtype(dtype).name}
 
 
-def _finish(out, name, result, plot, data, title) -> dict:
+def _finish(out, name, result, plot, data, title, **plot_kw) -> dict:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     result["json"] = str(out / f"{name}.json")
-    result["png"] = str(plot(data, out / f"{name}.png", title=title))
+    result["png"] = str(plot(data, out / f"{name}.png", title=title, **plot_kw))
     save_json(out / f"{name}.json", result)
     return result
 
@@ -108,7 +108,8 @@ def run_init(dataset="cifar10", out="experiments/init", backend="cpu", seed=0, n
               "epochs": epochs, "batch_size": batch_size, "learning_rate": learning_rate,
               "chance": 1.0 / len(ds.class_names), "runs": runs}
     title = f"{len(num_filters) + 1}-layer DeepConvNet, {epochs} epoch(s) on {result['num_train']} images"
-    return _finish(out, "init", result, plot_init_comparison, {k: v["history"] for k, v in runs.items()}, title)
+    curves = {k + (" (diverged)" if v["diverged"] else ""): v["history"] for k, v in runs.items()}
+    return _finish(out, "init", result, plot_init_comparison, curves, title, chance=result["chance"])
 
 
 def run_bn_lr(dataset="cifar10", out="experiments/bn-lr", backend="cpu", seed=0, num_train=10000, num_val=1000,

@@ -102,7 +102,7 @@ def plot_filters(w: np.ndarray, path, title: str | None = None, size=(6, 6)) -> 
     return _save(fig, path)
 
 
-def plot_init_comparison(runs: dict, path, title: str | None = None, size=(10, 5)) -> Path:
+def plot_init_comparison(runs: dict, path, title: str | None = None, size=(10, 5), chance=None) -> Path:
     """Figure 7: training loss per iteration of each initialisation (left) and
     the train/val accuracy each reached (right). ``runs``: label -> history."""
     fig = _figure(size)
@@ -113,7 +113,9 @@ def plot_init_comparison(runs: dict, path, title: str | None = None, size=(10, 5
         ax_loss.plot(np.arange(1, len(loss) + 1), loss, label=label, linewidth=1)
     ax_loss.set_xlabel("iteration")
     ax_loss.set_ylabel("training loss")
-    ax_loss.set_yscale("log")
+    # A diverging run's huge losses would flatten the others: cap the axis at 10.
+    top = max([v for h in runs.values() for v in _finite(h["loss"]) if not np.isnan(v)] or [1.0])
+    ax_loss.set_ylim(0, min(top * 1.05, 10.0))
     ax_loss.legend()
     ax_loss.set_title("training loss")
     x = np.arange(len(labels))
@@ -123,6 +125,8 @@ def plot_init_comparison(runs: dict, path, title: str | None = None, size=(10, 5
     ax_acc.set_xticks(x, labels)
     ax_acc.set_ylabel("accuracy after training")
     ax_acc.set_ylim(0, 1)
+    if chance is not None:
+        ax_acc.axhline(chance, color="gray", linestyle=":", label="chance")
     ax_acc.legend()
     ax_acc.set_title("accuracy")
     if title:
