@@ -113,9 +113,14 @@ def plot_init_comparison(runs: dict, path, title: str | None = None, size=(10, 5
         ax_loss.plot(np.arange(1, len(loss) + 1), loss, label=label, linewidth=1)
     ax_loss.set_xlabel("iteration")
     ax_loss.set_ylabel("training loss")
-    # A diverging run's huge losses would flatten the others: cap the axis at 10.
-    top = max([v for h in runs.values() for v in _finite(h["loss"]) if not np.isnan(v)] or [1.0])
-    ax_loss.set_ylim(0, min(top * 1.05, 10.0))
+    # A diverging run's few huge losses would flatten the others: the axis spans the bulk (to the
+    # 95th percentile of all losses), zoomed so near-chance curves (~ln 10) are told apart.
+    vals = np.array([v for h in runs.values() for v in _finite(h["loss"])], dtype=float)
+    vals = vals[np.isfinite(vals)]
+    if vals.size:
+        lo, hi = vals.min(), np.percentile(vals, 95)
+        margin = 0.05 * (hi - lo) if hi > lo else 0.05
+        ax_loss.set_ylim(lo - margin, hi + margin)
     ax_loss.legend()
     ax_loss.set_title("training loss")
     x = np.arange(len(labels))
