@@ -7,6 +7,7 @@ from typing import Optional
 import typer
 from rich.table import Table
 
+from ..choices import DType
 from ..console import console, err_console
 
 NO_GPU_LINE = ("no CUDA GPU found; the cuda kernels can be checked for correctness under the simulator: "
@@ -17,10 +18,6 @@ class Device(str, Enum):
     cpu = "cpu"
     cuda = "cuda"
 
-
-class DType(str, Enum):
-    float32 = "float32"
-    float64 = "float64"
 
 
 class Shapes(str, Enum):

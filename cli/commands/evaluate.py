@@ -10,6 +10,7 @@ from typing import Optional
 import typer
 from rich.table import Table
 
+from ..choices import Backend
 from ..console import console, fail
 
 
@@ -18,11 +19,6 @@ class Split(str, Enum):
     val = "val"
     train = "train"
 
-
-class Backend(str, Enum):
-    reference = "reference"
-    cpu = "cpu"
-    cuda = "cuda"
 
 
 def evaluate(

@@ -1,21 +1,12 @@
 """`numbaconv gradcheck`: every layer's backward against numeric gradients."""
-from enum import Enum
 
 import typer
 from rich.table import Table
 
+from ..choices import Backend, DType
 from ..console import console
 
 
-class Backend(str, Enum):
-    reference = "reference"
-    cpu = "cpu"
-    cuda = "cuda"
-
-
-class DType(str, Enum):
-    float32 = "float32"
-    float64 = "float64"
 
 
 def gradcheck(

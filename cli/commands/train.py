@@ -12,6 +12,7 @@ import typer
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn
 from rich.table import Table
 
+from ..choices import Backend, DType
 from ..console import console, fail
 
 # Defaults of the model options (None in the signature, so --resume can tell
@@ -42,15 +43,6 @@ class Recipe(str, Enum):
 SET_BY_RECIPE = ("model", "filters", "pools", "batchnorm", "optimizer", "lr", "lr_decay", "batch_size", "weight_scale")
 
 
-class Backend(str, Enum):
-    reference = "reference"
-    cpu = "cpu"
-    cuda = "cuda"
-
-
-class DType(str, Enum):
-    float32 = "float32"
-    float64 = "float64"
 
 
 def _int_list(option: str, text: str) -> list[int]:
