@@ -19,7 +19,6 @@ class Device(str, Enum):
     cuda = "cuda"
 
 
-
 class Shapes(str, Enum):
     small = "small"
     cifar = "cifar"

@@ -20,7 +20,6 @@ class Split(str, Enum):
     train = "train"
 
 
-
 def evaluate(
     checkpoint: Path = typer.Argument(..., help="A checkpoint written by `numbaconv train` (best.h5 or last.h5)."),
     dataset: Optional[str] = typer.Option(None, help="synthetic, cifar10 or an HDF5 file (default: the "

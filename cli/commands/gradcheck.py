@@ -7,8 +7,6 @@ from ..choices import Backend, DType
 from ..console import console
 
 
-
-
 def gradcheck(
     backend: Backend = typer.Option(Backend.reference, help="Backend whose layers are checked."),
     dtype: DType = typer.Option(DType.float64, help="float64 uses the assignment's thresholds; float32 is "

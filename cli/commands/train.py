@@ -43,8 +43,6 @@ class Recipe(str, Enum):
 SET_BY_RECIPE = ("model", "filters", "pools", "batchnorm", "optimizer", "lr", "lr_decay", "batch_size", "weight_scale")
 
 
-
-
 def _int_list(option: str, text: str) -> list[int]:
     try:
         values = [int(v) for v in text.split(",") if v.strip() != ""]
