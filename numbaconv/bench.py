@@ -55,11 +55,19 @@ CIFAR_SHAPES = (
     Shape("pool", "pool 2x2/2 on (128,32,32,32)", (128, 32, 32, 32), k=2, stride=2, pad=0),
     Shape("bn", "spatial BN (128,64,16,16)", (128, 64, 16, 16)),
 )
-SHAPE_SETS = {"small": SMALL_SHAPES, "cifar": CIFAR_SHAPES}
+# The assignment's own timing cells (its "naive vs fast" speedups, the 100x / 500x
+# bars): the reference is timed on them however long it takes (~10-30 s).
+ASSIGNMENT_SHAPES = (
+    Shape("conv", "assignment conv (100,3,31,31) 25x3x3 s2 p1", (100, 3, 31, 31), f=25, stride=2, pad=1),
+    Shape("pool", "assignment pool (100,3,32,32) 2x2/2", (100, 3, 32, 32), k=2, stride=2, pad=0),
+)
+SHAPE_SETS = {"small": SMALL_SHAPES, "cifar": CIFAR_SHAPES, "assignment": ASSIGNMENT_SHAPES}
 
 # The reference runs one Python-level loop iteration per output element (conv: per
-# (n, f, i, j)); above this many it takes minutes, so it is left out.
+# (n, f, i, j)); above this many it takes minutes, so it is left out, except on
+# the assignment's shapes.
 REFERENCE_MAX_ITERATIONS = 40_000
+REFERENCE_LIMITS = {"small": REFERENCE_MAX_ITERATIONS, "cifar": REFERENCE_MAX_ITERATIONS, "assignment": None}
 
 
 def machine_info() -> dict:
@@ -133,11 +141,14 @@ def _torch_threads(torch, n: int):
         torch.set_num_threads(old)
 
 
-def best_ms(fn: Callable[[], object], repeat: int, sync: Callable[[], None] | None = None) -> float:
-    """Best wall time of ``repeat`` calls after one warm-up call, in milliseconds."""
-    fn()
-    if sync:
-        sync()
+def best_ms(fn: Callable[[], object], repeat: int, sync: Callable[[], None] | None = None,
+            warmup: bool = True) -> float:
+    """Best wall time of ``repeat`` calls after one warm-up call (unless ``warmup``
+    is False: the reference compiles nothing), in milliseconds."""
+    if warmup:
+        fn()
+        if sync:
+            sync()
     best = float("inf")
     for _ in range(repeat):
         t0 = time.perf_counter()
@@ -284,8 +295,11 @@ def _to_device(nb, a: dict) -> dict:
 
 
 def run_benchmarks(backend: str, dtype: str, shapes=CIFAR_SHAPES, repeat: int = 5, reference: bool = True,
-                   torch: bool = True, bn_alt: bool = False, compare_cpu: bool | None = None) -> list[dict]:
+                   torch: bool = True, bn_alt: bool = False, compare_cpu: bool | None = None,
+                   reference_max_iterations: int | None = REFERENCE_MAX_ITERATIONS) -> list[dict]:
     """Time every op of ``backend`` on ``shapes``; one dict per (op, shape).
+    The reference is timed where its loop count is at most ``reference_max_iterations``
+    (None: always), best of up to 3 calls, one where a call takes over 2 s.
 
     Keys: op, shape, ms (the backend), reference_ms, speedup (reference/backend),
     gflops (conv only), torch_ms, torch_ratio (backend/torch: below 1 is faster),
@@ -325,8 +339,12 @@ def run_benchmarks(backend: str, dtype: str, shapes=CIFAR_SHAPES, repeat: int = 
                 times = interleaved_best_ms(fns, repeat, syncs)
             row = {"op": op, "shape": shape.label, "dtype": dtype.name, "backend": backend, **times}
             row.setdefault("torch_ms", None)
-            if ref is not None and backend != "reference" and _reference_cost(shape) <= REFERENCE_MAX_ITERATIONS:
-                row["reference_ms"] = best_ms(numbaconv_op(ref, op, shape, a), max(1, min(repeat, 3)))
+            cost = _reference_cost(shape)
+            if ref is not None and backend != "reference" and (reference_max_iterations is None
+                                                                or cost <= reference_max_iterations):
+                row["reference_ms"] = best_ms(numbaconv_op(ref, op, shape, a),
+                                              1 if cost > REFERENCE_MAX_ITERATIONS else max(1, min(repeat, 3)),
+                                              warmup=False)
                 row["speedup"] = row["reference_ms"] / row["ms"]
             else:
                 row["reference_ms"] = row["speedup"] = None

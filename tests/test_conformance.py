@@ -1,7 +1,14 @@
 """Fast backends against the reference: float64 to 1e-10 relative error (max
 pooling exactly), float32 to 1e-5, on shapes chosen to hit the edge cases:
 strides 2 and 3, pads 0-3, non-square kernels and inputs, overlapping pools,
-N=1 and C=1. Shapes stay tiny so the CUDA simulator can run them too."""
+N=1 and C=1. Shapes stay tiny so the CUDA simulator can run them too.
+
+float32 sums of products (conv, linear) are compared at the scale of their terms:
+|a - b| / sum|terms| < 1e-5, where sum|terms| is the same reference op run on the
+absolute values (float64). That is as strict as the elementwise measure where a sum
+does not cancel, and the only meaningful one where it does: on an H200 the GPU's
+fused multiply-adds moved one output of a 9-term sum that cancels to 6.2e-4 (terms
+up to ~7) by 1.3e-8, which the elementwise measure reads as 1.0e-5."""
 import numpy as np
 import pytest
 
@@ -36,6 +43,23 @@ def agree(a, b, dtype):
     assert rel_error(a, b) < TOL[dtype]
 
 
+def agree_sum(a, b, terms, dtype):
+    """Like agree, but for float32 relative to ``terms``, the sum of |terms| of each output."""
+    if dtype is np.float64:
+        return agree(a, b, dtype)
+    assert a.dtype == dtype and a.shape == b.shape == terms.shape
+    err = np.abs(a.astype(np.float64) - b) / np.maximum(1e-8, terms)
+    assert err.max() < TOL[dtype], err.max()
+
+
+def term_sums(op, inputs, dout, *params):
+    """The op's forward output and backward gradients on the absolute values of its
+    inputs, in float64: for a sum of products, the sum of |terms| of each element."""
+    layer = getattr(get_backend("reference"), op)
+    out, cache = layer.forward(*(np.abs(a).astype(np.float64) for a in inputs), *params)
+    return (out, *layer.backward(np.abs(dout).astype(np.float64), cache))
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("xs, ws, stride, pad", CONV_CASES)
 def test_conv_matches_reference(backend_name, xs, ws, stride, pad, dtype):
@@ -45,10 +69,11 @@ def test_conv_matches_reference(backend_name, xs, ws, stride, pad, dtype):
     cp = {"stride": stride, "pad": pad}
     out, cache = nb.Conv.forward(x, w, b, cp)
     out_ref, cache_ref = ref.Conv.forward(x, w, b, cp)
-    agree(out, out_ref, dtype)
     dout = rng.standard_normal(out_ref.shape).astype(dtype)
-    for g, g_ref in zip(nb.Conv.backward(dout, cache), ref.Conv.backward(dout, cache_ref)):
-        agree(g, g_ref, dtype)
+    terms = term_sums("Conv", (x, w, b), dout, cp)
+    agree_sum(out, out_ref, terms[0], dtype)
+    for g, g_ref, t in zip(nb.Conv.backward(dout, cache), ref.Conv.backward(dout, cache_ref), terms[1:]):
+        agree_sum(g, g_ref, t, dtype)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -101,10 +126,11 @@ def test_linear_relu_softmax_match_reference(backend_name, dtype):
     x, w, b = (rng.standard_normal(s).astype(dtype) for s in ((4, 2, 3), (6, 5), (5,)))
     out, cache = nb.Linear.forward(x, w, b)
     out_ref, cache_ref = ref.Linear.forward(x, w, b)
-    agree(out, out_ref, dtype)
     dout = rng.standard_normal(out_ref.shape).astype(dtype)
-    for g, g_ref in zip(nb.Linear.backward(dout, cache), ref.Linear.backward(dout, cache_ref)):
-        agree(g, g_ref, dtype)
+    terms = term_sums("Linear", (x, w, b), dout)
+    agree_sum(out, out_ref, terms[0], dtype)
+    for g, g_ref, t in zip(nb.Linear.backward(dout, cache), ref.Linear.backward(dout, cache_ref), terms[1:]):
+        agree_sum(g, g_ref, t, dtype)
     r, rc = nb.ReLU.forward(x)
     r_ref, rc_ref = ref.ReLU.forward(x)
     np.testing.assert_array_equal(r, r_ref)

@@ -4,7 +4,8 @@ import json
 import numpy as np
 from typer.testing import CliRunner
 
-from numbaconv.bench import Shape, conv_flops, interleaved_best_ms, machine_info, run_benchmarks
+from numbaconv.bench import (ASSIGNMENT_SHAPES, REFERENCE_LIMITS, SHAPE_SETS, Shape, conv_flops, interleaved_best_ms,
+                             machine_info, run_benchmarks)
 from numbaconv_cli.main import app
 
 TINY = (Shape("conv", "tiny conv", (1, 2, 4, 4), f=2), Shape("pool", "tiny pool", (1, 2, 4, 4), k=2, stride=2, pad=0),
@@ -23,6 +24,22 @@ def test_run_benchmarks_rows_have_every_column_and_consistent_ratios():
         assert r["torch_ms"] is None and r["torch_ratio"] is None
     assert np.isclose(rows[0]["gflops"], conv_flops(TINY[0]) / rows[0]["ms"] / 1e6)
     assert rows[2]["gflops"] is None
+
+
+def test_reference_is_left_out_above_the_iteration_limit_unless_none():
+    conv = TINY[:1]   # 1*2*4*4 = 32 reference iterations
+    assert run_benchmarks("cpu", "float64", conv, repeat=1, torch=False, reference_max_iterations=31)[0][
+        "reference_ms"] is None
+    row = run_benchmarks("cpu", "float64", conv, repeat=1, torch=False, reference_max_iterations=None)[0]
+    assert row["reference_ms"] > 0 and np.isclose(row["speedup"], row["reference_ms"] / row["ms"])
+
+
+def test_assignment_shapes_are_the_assignments_timing_cells():
+    # conv: x (100,3,31,31), w (25,3,3,3), stride 2, pad 1 -> (100,25,16,16); pool 2x2/2 on (100,3,32,32)
+    conv, pool = ASSIGNMENT_SHAPES
+    assert (conv.x, conv.f, conv.k, conv.stride, conv.pad) == ((100, 3, 31, 31), 25, 3, 2, 1)
+    assert (pool.x, pool.k, pool.stride) == ((100, 3, 32, 32), 2, 2)
+    assert SHAPE_SETS["assignment"] is ASSIGNMENT_SHAPES and REFERENCE_LIMITS["assignment"] is None
 
 
 def test_conv_flops_counts_multiply_adds_twice():

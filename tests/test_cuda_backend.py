@@ -125,8 +125,30 @@ def test_no_kernel_escapes_the_registry():
         assert len(hits) == (1 if path.name == "kernels.py" else 0), path.name
 
 
+def _check_launch_args(name, dtype, args):
+    """The arguments of a launch fit the signature the kernel is compiled with on a GPU.
+
+    The simulator ignores signatures, so without this a float passed where the
+    kernel takes an int64 (or a 2-D or strided array where it takes a flat one)
+    would only fail on a real GPU, as a dispatch error."""
+    codes = kernels.KERNELS[name].args
+    assert len(args) == len(codes), (name, len(args), codes)
+    arrays = {"A": np.dtype(dtype), "I": np.dtype(np.int32), "L": np.dtype(np.int64)}
+    for i, (code, arg) in enumerate(zip(codes, args)):
+        where = f"{name} argument {i} ({code})"
+        if code in arrays:
+            assert is_device(arg), (where, type(arg))
+            assert np.dtype(arg.dtype) == arrays[code] and arg.ndim == 1 and arg.is_c_contiguous(), \
+                (where, arg.dtype, arg.shape)
+        elif code == "i":
+            assert isinstance(arg, (int, np.integer)) and not isinstance(arg, bool), (where, type(arg))
+        else:
+            assert isinstance(arg, (float, np.floating)), (where, type(arg))
+
+
 class _Recorder:
-    """Stands in for compiled kernels: records each launch instead of running it."""
+    """Stands in for compiled kernels: records each launch (and checks its
+    arguments against the kernel's signature) instead of running it."""
 
     def __init__(self):
         self.launches = []
@@ -134,7 +156,7 @@ class _Recorder:
     def __call__(self, name, dtype):
         def configure(config):
             self.launches.append((name, *config))
-            return lambda *args: None
+            return lambda *args: _check_launch_args(name, dtype, args)
         return type("K", (), {"__getitem__": lambda _, config: configure(config)})()
 
 
@@ -147,8 +169,12 @@ def test_launch_configurations_within_hardware_limits(monkeypatch):
     args["y"] = np.zeros(8, np.int64)
     with np.errstate(all="ignore"):
         _every_layer(**args, to=lambda a: a)
-        # stride 2: dx by the gathering kernel (stride 1 reuses the forward kernel)
+        # stride 2: dx by the gathering kernel, as for few channels (C = 3 above)
         out, cache = nb.Conv.forward(args["x"][:, :, :31, :31], args["w"], args["b"], {"stride": 2, "pad": 1})
+        nb.Conv.backward(np.zeros(out.shape, np.float32), cache)
+        # stride 1 and C = 16: dx by the forward kernel on flipped filters
+        out, cache = nb.Conv.forward(np.zeros((8, 16, 16, 16), np.float32), np.zeros((32, 16, 3, 3), np.float32),
+                                     np.zeros(32, np.float32), CP)
         nb.Conv.backward(np.zeros(out.shape, np.float32), cache)
     assert {name for name, *_ in rec.launches} == set(kernels.KERNELS)   # every kernel is used
     for name, grid, block in rec.launches:
@@ -218,16 +244,20 @@ def test_without_gpu_or_simulator_a_clear_error():
 @pytest.mark.parametrize("xs, ws, pad", [
     ((1, 2, 3, 3), (70, 2, 1, 1), 0),   # F = 70 > BLOCK_F: two filter tiles (forward, dw; C = 2 tiles of dx)
     ((1, 8, 3, 3), (2, 8, 3, 3), 1),    # K = C*HH*WW = 72 > BLOCK_COLS: two k tiles of dw and of the forward's sum
+    ((1, 16, 2, 2), (2, 16, 3, 3), 1),  # C = 16: dx by the flipped-filter GEMM (smaller C gathers)
 ])
 def test_conv_beyond_one_block_tile_matches_reference(xs, ws, pad):
+    from numbaconv.checks import conv_geometry
+    from numbaconv.cuda.conv import uses_flipped_gemm_for_dx
     from numbaconv.cuda.kernels import BLOCK_COLS, BLOCK_F
     from numbaconv.gradcheck import rel_error
 
     rng = np.random.default_rng(6)
     x, w, b = rng.standard_normal(xs), rng.standard_normal(ws), rng.standard_normal(ws[0])
-    assert ws[0] > BLOCK_F or ws[1] * ws[2] * ws[3] > BLOCK_COLS
     ref = get_backend("reference")
     cp = {"stride": 1, "pad": pad}
+    assert ws[0] > BLOCK_F or ws[1] * ws[2] * ws[3] > BLOCK_COLS
+    assert uses_flipped_gemm_for_dx(conv_geometry(x, w, b, cp)) == (ws[1] >= 16)
     out, cache = nb.Conv.forward(x, w, b, cp)
     out_ref, cache_ref = ref.Conv.forward(x, w, b, cp)
     assert rel_error(out, out_ref) < 1e-10

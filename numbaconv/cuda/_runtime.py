@@ -57,12 +57,30 @@ def as_device(a, dtype=None):
             raise ValueError(f"device array has dtype {a.dtype}, expected {np.dtype(dtype)}")
         return a
     _require_gpu()
-    return cuda.to_device(np.ascontiguousarray(a, dtype=dtype))
+    h = np.ascontiguousarray(a, dtype=dtype)
+    if h.strides != _c_strides(h.shape, h.itemsize):
+        # NumPy calls an array with odd strides on its length-1 axes C-contiguous
+        # (x[None] has stride 0 there); numba's device reshape then refuses to
+        # flatten it ("operation requires copying", seen on an H200). Copy it.
+        h = h.copy(order="C")
+    return cuda.to_device(h)
+
+
+def _c_strides(shape, itemsize: int) -> tuple:
+    strides, step = [], itemsize
+    for n in reversed(shape):
+        strides.append(step)
+        step *= n
+    return tuple(reversed(strides))
 
 
 def flat(d):
-    """The 1-D view every kernel takes."""
-    return d.reshape(d.size)
+    """The 1-D view every kernel takes, sharing d's memory (d is C-contiguous)."""
+    if SIMULATOR or d.ndim == 1:
+        return d.reshape(d.size)
+    # Built directly rather than by d.reshape, which refuses arrays whose length-1
+    # axes carry odd strides (a caller's device array may).
+    return type(d)(shape=(d.size,), strides=(d.dtype.itemsize,), dtype=d.dtype, gpu_data=d.gpu_data)
 
 
 def empty(shape, dtype):

@@ -394,7 +394,7 @@ def _make_maxpool_backward(dt):
 
 # --------------------------------------------------------------------------- reductions
 
-@kernel("channel_sums", "AAAAiiAAAiii", shared_elems=3 * RED_THREADS)
+@kernel("channel_sums", "AAAAifAAAiii", shared_elems=3 * RED_THREADS)
 def _make_channel_sums(dt):
     def channel_sums(a, b, shift_a, shift_b, shifted, divisor, s_a, s_b, s_ab, N, C, L):
         # For arrays laid out (N, C, L): per channel c, with a' = a - shift_a[c] and
