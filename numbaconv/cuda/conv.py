@@ -1,13 +1,13 @@
 """Convolution: implicit-GEMM forward and dw kernels with shared-memory tiles and
-4x4 register tiles per thread; dx for stride 1 (and enough channels) is the forward
-kernel run on dout with rotated filters, otherwise a gathering kernel (each dx
-element owned by one thread)."""
+4x4 register tiles per thread; dx for stride 1 is the forward kernel run on dout with
+rotated filters, for other strides a gathering kernel (each dx element owned by
+one thread)."""
 import math
 
 import numpy as np
 
 from ..checks import ConvGeometry, check_dout, conv_geometry
-from ._runtime import THREADS_1D, as_device, blocks, empty, flat, is_device, launch, result
+from ._runtime import THREADS_1D, as_device, blocks, empty, flat, is_device, launch, result, scratch
 from .kernels import BLOCK_COLS, BLOCK_F, DX_SMEM, TILE
 from .reductions import channel_sums
 
@@ -27,11 +27,11 @@ def dw_splits(ntiles: int, columns: int) -> tuple[int, int]:
 
 
 def uses_flipped_gemm_for_dx(g: ConvGeometry) -> bool:
-    """dx by the GEMM kernel (stride 1, square filters) needs C >= BLOCK_F/4: its
-    block tile is BLOCK_F output channels tall, so with C=3 (a network's first layer)
-    95% of it idles, and the gathering kernel is the faster one (seen on an H200:
-    conv 3->32 forward+backward at 3.9x cuDNN's time with the GEMM)."""
-    return g.stride == 1 and g.HH == g.WW and g.pad <= g.HH - 1 and g.C >= BLOCK_F // 4
+    """dx by the register-tiled GEMM kernel on flipped filters (stride 1, square
+    filters), else by the gathering kernel. Even at C=3, where most of the GEMM's
+    64-row tile idles, the GEMM was the faster on an H200 (conv 3->32 @ 32x32,
+    N=128: dx 0.53 ms against 1.22 ms gathering)."""
+    return g.stride == 1 and g.HH == g.WW and g.pad <= g.HH - 1
 
 
 def _conv_forward(xd, wd, bd, out, g: ConvGeometry) -> None:
@@ -65,7 +65,7 @@ class Conv:
         K = g.C * g.HH * g.WW
         ntiles = math.ceil(K / BLOCK_COLS) * math.ceil(g.F / BLOCK_F)
         splits, chunk = dw_splits(ntiles, g.N * g.H_out * g.W_out)
-        partial = dw if splits == 1 else empty((splits, g.F, K), dtype)
+        partial = dw if splits == 1 else scratch((splits, g.F, K), dtype, "conv dw partial sums")
         launch("conv_backward_dw", dtype, blocks(ntiles * splits, 1), (TILE, TILE), flat(xd), flat(dd),
                flat(partial), *g, splits, chunk)
         if splits > 1:
@@ -74,7 +74,7 @@ class Conv:
         if uses_flipped_gemm_for_dx(g):
             # dx = dout convolved with the rotated, transposed filters: the register-tiled
             # GEMM kernel, summing in the reference's order (f, then kh and kw descending).
-            wf = empty((g.C, g.F, g.HH, g.WW), dtype)
+            wf = scratch((g.C, g.F, g.HH, g.WW), dtype, "conv flipped filters")
             launch("conv_flip_weights", dtype, blocks(wd.size, THREADS_1D), THREADS_1D, flat(wd), flat(wf),
                    g.F, g.C, g.HH * g.WW)
             _conv_forward(dd, wf, None, dx, ConvGeometry(g.N, g.F, g.H_out, g.W_out, g.C, g.HH, g.WW, 1,

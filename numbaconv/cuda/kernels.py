@@ -74,6 +74,7 @@ def python_kernel(name: str, dtype) -> Callable:
 
 
 _compiled: dict = {}
+_launchers: dict = {}
 
 
 def get_kernel(name: str, dtype):
@@ -83,6 +84,25 @@ def get_kernel(name: str, dtype):
     if k is None:
         k = _compiled[key] = cuda.jit(signature(name, dtype))(python_kernel(name, dtype))
     return k
+
+
+def get_launcher(name: str, dtype):
+    """``launcher(args, grid3, block3)``: the one compiled overload launched on the
+    default stream without numba's per-call dispatch, or None where this numba-cuda
+    does not expose what it needs (then the caller goes through the dispatcher)."""
+    key = (name, np.dtype(dtype))
+    if key not in _launchers:
+        from numba.cuda.cudadrv import driver
+
+        overload = getattr(get_kernel(name, dtype), "overloads", {}).get(signature(name, dtype).args)
+        launch = getattr(overload, "launch", None)
+        to_stream = getattr(driver, "_to_core_stream", None)
+        if launch is None or to_stream is None:
+            _launchers[key] = None
+        else:
+            stream = to_stream(0)   # what the dispatcher passes for the default stream
+            _launchers[key] = lambda args, grid, block: launch(args, grid, block, stream, 0)
+    return _launchers[key]
 
 
 # --------------------------------------------------------------------------- conv
