@@ -99,6 +99,18 @@ class _ConvNet:
         self.params: dict[str, np.ndarray] = {}
         self.bn_params: list[dict] = []
 
+    def _bn_layer(self, pool: bool):
+        """Conv-BN-ReLU[-pool]: the backend's fused layer if it has one, else the sandwich."""
+        name = "Conv_BatchNorm_ReLU_Pool" if pool else "Conv_BatchNorm_ReLU"
+        return getattr(self.nb, name, None) or getattr(self.L, name)
+
+    @staticmethod
+    def _backward(layer, dh, cache, first: bool):
+        """layer.backward; for the first layer, a layer that can skips dx (the images' gradient: unused)."""
+        if first and getattr(layer, "can_skip_dx", False):
+            return layer.backward(dh, cache, need_dx=False)
+        return layer.backward(dh, cache)
+
     def _check_inputs(self, X, y):
         """X (N, C, H, W) matching input_dims, cast to the model's dtype."""
         if not hasattr(X, "shape") or not hasattr(X, "dtype"):
@@ -281,7 +293,7 @@ class DeepConvNet(_ConvNet):
             pool = (i - 1) in self.max_pools
             if self.batchnorm:
                 args = (h, w, b, p[f"gamma{i}"], p[f"beta{i}"], self.conv_param, self.bn_params[i - 1])
-                layer = L.Conv_BatchNorm_ReLU_Pool if pool else L.Conv_BatchNorm_ReLU
+                layer = self._bn_layer(pool)
             else:
                 args = (h, w, b, self.conv_param)
                 layer = L.Conv_ReLU_Pool if pool else L.Conv_ReLU
@@ -297,7 +309,7 @@ class DeepConvNet(_ConvNet):
             dh, grads[f"W{last}"], grads[f"b{last}"] = self.nb.Linear.backward(dscores, last_cache)
             for i in range(self.num_layers - 1, 0, -1):
                 layer, cache = caches[i - 1]
-                g = layer.backward(dh, cache)
+                g = self._backward(layer, dh, cache, first=i == 1)
                 dh, grads[f"W{i}"], grads[f"b{i}"] = g[:3]
                 if self.batchnorm:
                     grads[f"gamma{i}"], grads[f"beta{i}"] = g[3], g[4]
@@ -388,11 +400,11 @@ class FastNet(_ConvNet):
 
     def _scores(self, X, train: bool):
         self._set_bn_mode("train" if train else "test")
-        p, L = self.params, self.L
+        p = self.params
         caches = []
         h = X
         for i, (_, pool) in enumerate(self.layers, start=1):
-            layer = L.Conv_BatchNorm_ReLU_Pool if pool else L.Conv_BatchNorm_ReLU
+            layer = self._bn_layer(pool)
             h, cache = layer.forward(h, p[f"W{i}"], p[f"b{i}"], p[f"gamma{i}"], p[f"beta{i}"], self.conv_param,
                                      self.bn_params[i - 1], *((POOL,) if pool else ()))
             caches.append((layer, cache))
@@ -419,7 +431,8 @@ class FastNet(_ConvNet):
         dh = global_max_pool_backward(dg, gcache)
         for i in range(len(self.layers), 0, -1):
             layer, cache = caches[i - 1]
-            dh, grads[f"W{i}"], grads[f"b{i}"], grads[f"gamma{i}"], grads[f"beta{i}"] = layer.backward(dh, cache)
+            dh, grads[f"W{i}"], grads[f"b{i}"], grads[f"gamma{i}"], grads[f"beta{i}"] = self._backward(
+                layer, dh, cache, first=i == 1)
         for name, w in self.params.items():
             if name.startswith("W"):
                 loss += self.reg * float(np.sum(w.astype(np.float64) ** 2))

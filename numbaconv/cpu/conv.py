@@ -78,22 +78,48 @@ def _col2im_image(dcols, HH, WW, stride, pad, H_out, W_out, dxn, dxpad):
                 dst[x] = src[x + pad]
 
 
+@njit(cache=True)
+def _forward_image(xn, w2, b, HH, WW, stride, pad, H_out, W_out, on, cols, xpad):
+    # on (F, P) = w2 @ im2col(xn) + b, one single-threaded GEMM; cols and xpad are scratch
+    F, CKK = w2.shape
+    P = H_out * W_out
+    _im2col_image(xn, HH, WW, stride, pad, H_out, W_out, cols, xpad)
+    gemm(False, False, F, P, CKK, 1.0, w2, CKK, cols, P, 0.0, on, P)
+    for f in range(F):
+        bf = b[f]
+        for p in range(P):
+            on[f, p] += bf
+
+
+@njit(cache=True)
+def _backward_image(xn, w2, dn, HH, WW, stride, pad, H_out, W_out, need_dx, dxn, dwt, dbt,
+                    cols, dcols, xpad, dxpad):
+    # adds image n's share to dwt (F, CKK) and dbt (F,); writes dxn (C, H, W) if need_dx.
+    # dn (F, P) is dout[n]; cols, dcols, xpad, dxpad are scratch
+    F, CKK = w2.shape
+    P = H_out * W_out
+    _im2col_image(xn, HH, WW, stride, pad, H_out, W_out, cols, xpad)
+    gemm(False, True, F, CKK, P, 1.0, dn, P, cols, P, 1.0, dwt, CKK)    # dw += dout_n @ cols_n.T
+    if need_dx:
+        gemm(True, False, CKK, P, F, 1.0, w2, CKK, dn, P, 0.0, dcols, P)  # dcols = w2.T @ dout_n
+        _col2im_image(dcols, HH, WW, stride, pad, H_out, W_out, dxn, dxpad)
+    for f in range(F):
+        s = 0.0
+        for p in range(P):
+            s += dn[f, p]
+        dbt[f] += s
+
+
 @njit(parallel=True, cache=True)
 def _forward(x, w2, b, HH, WW, stride, pad, out):
     N = x.shape[0]
     F, CKK = w2.shape
-    P = out.shape[2] * out.shape[3]
+    H_out, W_out = out.shape[2], out.shape[3]
     C, H, W = x.shape[1], x.shape[2], x.shape[3]
     for n in prange(N):
-        cols = np.empty((CKK, P), dtype=x.dtype)
+        cols = np.empty((CKK, H_out * W_out), dtype=x.dtype)
         xpad = np.zeros((C, H + 2 * pad, W + 2 * pad), dtype=x.dtype)
-        _im2col_image(x[n], HH, WW, stride, pad, out.shape[2], out.shape[3], cols, xpad)
-        on = out[n].reshape(F, P)
-        gemm(False, False, F, P, CKK, 1.0, w2, CKK, cols, P, 0.0, on, P)
-        for f in range(F):
-            bf = b[f]
-            for p in range(P):
-                on[f, p] += bf
+        _forward_image(x[n], w2, b, HH, WW, stride, pad, H_out, W_out, out[n].reshape(F, H_out * W_out), cols, xpad)
 
 
 @njit(parallel=True, cache=True)
@@ -109,22 +135,11 @@ def _backward(x, w2, dout, HH, WW, stride, pad, dx, dw_part, db_part):
         dcols = np.empty((CKK, P), dtype=x.dtype)
         xpad = np.zeros((C, H + 2 * pad, W + 2 * pad), dtype=x.dtype)
         dxpad = np.empty((C, H + 2 * pad, W + 2 * pad), dtype=x.dtype)
-        dwt = dw_part[t]
-        dbt = db_part[t]
-        dwt[:] = 0
-        for f in range(F):
-            dbt[f] = 0
+        dw_part[t] = 0
+        db_part[t] = 0
         for n in range(t * N // T, (t + 1) * N // T):
-            _im2col_image(x[n], HH, WW, stride, pad, H_out, W_out, cols, xpad)
-            dn = dout[n].reshape(F, P)
-            gemm(False, True, F, CKK, P, 1.0, dn, P, cols, P, 1.0, dwt, CKK)    # dw += dout_n @ cols_n.T
-            gemm(True, False, CKK, P, F, 1.0, w2, CKK, dn, P, 0.0, dcols, P)  # dcols = w2.T @ dout_n
-            _col2im_image(dcols, HH, WW, stride, pad, H_out, W_out, dx[n], dxpad)
-            for f in range(F):
-                s = 0.0
-                for p in range(P):
-                    s += dn[f, p]
-                dbt[f] += s
+            _backward_image(x[n], w2, dout[n].reshape(F, P), HH, WW, stride, pad, H_out, W_out, True, dx[n],
+                            dw_part[t], db_part[t], cols, dcols, xpad, dxpad)
 
 
 # --- fallback without a Numba-callable BLAS: whole-batch im2col + NumPy matmul ---

@@ -1,0 +1,119 @@
+"""The cpu backend's fused Conv_BatchNorm_ReLU[_Pool] against the reference composition
+(the sandwiches of numbaconv.layers over the reference backend), and their backward
+against numeric gradients."""
+import copy
+
+import numpy as np
+import pytest
+
+import numbaconv.cpu as cpu
+from numbaconv.gradcheck import THRESHOLDS_FLOAT64, eval_numerical_gradient_array, rel_error
+from numbaconv.layers import sandwiches
+
+POOLS = {"2x2": {"pool_height": 2, "pool_width": 2, "stride": 2},
+         "3x3 s1": {"pool_height": 3, "pool_width": 3, "stride": 1},   # overlapping windows
+         None: None}
+CONVS = [({"stride": 1, "pad": 1}, 8), ({"stride": 2, "pad": 0}, 9)]   # (conv_param, input size)
+
+
+def _case(dtype, seed=0, N=3, C=2, H=8, F=4):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((N, C, H, H)).astype(dtype)
+    w = rng.standard_normal((F, C, 3, 3)).astype(dtype)
+    b = rng.standard_normal(F).astype(dtype)
+    gamma = rng.standard_normal(F).astype(dtype)   # negative gammas too
+    beta = rng.standard_normal(F).astype(dtype)
+    return rng, x, w, b, gamma, beta
+
+
+def _layers(pool):
+    name = "Conv_BatchNorm_ReLU" if pool is None else "Conv_BatchNorm_ReLU_Pool"
+    return getattr(sandwiches("reference"), name), getattr(cpu, name), (() if pool is None else (POOLS[pool],))
+
+
+def _close(got, want, dtype, what):
+    if dtype == np.float64:
+        assert rel_error(got, want) < 1e-10, what
+    else:   # float32: relative to the array's scale (elementwise ratios blow up where terms cancel)
+        assert np.max(np.abs(got - want)) <= 1e-5 * max(np.max(np.abs(want)), 1.0), what
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("pool", list(POOLS))
+@pytest.mark.parametrize("conv", range(len(CONVS)))
+@pytest.mark.parametrize("mode", ["train", "test"])
+def test_fused_matches_reference_composition(dtype, pool, conv, mode):
+    cp, H = CONVS[conv]
+    rng, x, w, b, gamma, beta = _case(dtype, H=H)
+    if pool == "3x3 s1" and cp["stride"] == 2:
+        pytest.skip("covered with the stride-1 conv")
+    ref, fused, pool_args = _layers(pool)
+    bn_ref = {"mode": mode}
+    if mode == "test":
+        bn_ref.update(running_mean=(0.3 * beta).astype(dtype), running_var=(np.abs(gamma) + 0.5).astype(dtype))
+    bn_fused = copy.deepcopy(bn_ref)
+    out_r, cache_r = ref.forward(x, w, b, gamma, beta, cp, bn_ref, *pool_args)
+    out_f, cache_f = fused.forward(x, w, b, gamma, beta, cp, bn_fused, *pool_args)
+    assert out_f.dtype == dtype and out_f.shape == out_r.shape
+    _close(out_f, out_r, dtype, "out")
+    for key in ("running_mean", "running_var"):
+        assert bn_fused[key].dtype == dtype
+        _close(bn_fused[key], bn_ref[key], dtype, key)
+    dout = rng.standard_normal(out_r.shape).astype(dtype)
+    grads_r = ref.backward(dout, cache_r)
+    grads_f = fused.backward(dout, cache_f)
+    for name, gf, gr in zip(("dx", "dw", "db", "dgamma", "dbeta"), grads_f, grads_r):
+        assert gf.dtype == dtype and gf.shape == gr.shape, name
+        if name == "db" and mode == "train":  # a bias before batch norm: exactly zero, up to rounding
+            assert np.max(np.abs(gf - gr)) < (1e-10 if dtype == np.float64 else 1e-4), name
+        else:
+            _close(gf, gr, dtype, name)
+
+
+@pytest.mark.parametrize("pool", ["2x2", None])
+def test_need_dx_false_skips_only_dx(pool):
+    _, x, w, b, gamma, beta = _case(np.float64, seed=1)
+    _, fused, pool_args = _layers(pool)
+    out, cache = fused.forward(x, w, b, gamma, beta, CONVS[0][0], {"mode": "train"}, *pool_args)
+    dout = np.ones_like(out)
+    full = fused.backward(dout, cache)
+    part = fused.backward(dout, cache, need_dx=False)
+    assert part[0] is None
+    for a, b_ in zip(full[1:], part[1:]):
+        np.testing.assert_array_equal(a, b_)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+@pytest.mark.parametrize("pool", ["2x2", "3x3 s1", None])
+def test_fused_backward_numeric_gradients(pool, seed):
+    # numeric gradients through the fused forward itself (float64, the sandwich threshold,
+    # the suite's seeds 0 and 1 as in test_gradients)
+    rng, x, w, b, gamma, beta = _case(np.float64, seed=seed, N=2, C=2, H=6, F=3)
+    _, fused, pool_args = _layers(pool)
+
+    def f(**kw):
+        args = {"x": x, "w": w, "b": b, "gamma": gamma, "beta": beta, **kw}
+        return fused.forward(args["x"], args["w"], args["b"], args["gamma"], args["beta"], CONVS[0][0],
+                             {"mode": "train"}, *pool_args)[0]
+
+    out, cache = fused.forward(x, w, b, gamma, beta, CONVS[0][0], {"mode": "train"}, *pool_args)
+    dout = rng.standard_normal(out.shape)
+    dx, dw, db, dgamma, dbeta = fused.backward(dout, cache)
+    for name, arr, grad in (("x", x, dx), ("w", w, dw), ("gamma", gamma, dgamma), ("beta", beta, dbeta)):
+        num = eval_numerical_gradient_array(lambda v, name=name: f(**{name: v}), arr.copy(), dout)
+        assert rel_error(num, grad) < THRESHOLDS_FLOAT64["sandwich"], name
+    num_b = eval_numerical_gradient_array(lambda v: f(b=v), b.copy(), dout)
+    assert np.max(np.abs(num_b - db)) < 1e-8   # the bias before batch norm has no effect
+
+
+def test_fused_rejects_bad_input_like_the_sandwich():
+    _, x, w, b, gamma, beta = _case(np.float64)
+    with pytest.raises(ValueError, match="gamma must have shape"):
+        cpu.Conv_BatchNorm_ReLU.forward(x, w, b, gamma[:2], beta, CONVS[0][0], {"mode": "train"})
+    with pytest.raises(ValueError, match="does not tile"):
+        cpu.Conv_BatchNorm_ReLU_Pool.forward(x[:, :, :7, :7], w, b, gamma, beta, CONVS[0][0], {"mode": "train"},
+                                             POOLS["2x2"])
+    out, cache = cpu.Conv_BatchNorm_ReLU_Pool.forward(x, w, b, gamma, beta, CONVS[0][0], {"mode": "train"},
+                                                      POOLS["2x2"])
+    with pytest.raises(ValueError, match="dout has shape"):
+        cpu.Conv_BatchNorm_ReLU_Pool.backward(np.ones((1, 1, 1, 1)), cache)
