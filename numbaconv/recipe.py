@@ -2,7 +2,7 @@
 
 - ``augment_crop_flip(pad, flip)``: an ``augment(X, y, rng)`` hook doing random
   translation by up to ``pad`` pixels (zero padding, i.e. the mean image after
-  mean subtraction) and horizontal flips, vectorised over the batch (one gather).
+  mean subtraction) and horizontal flips, one parallel kernel over the batch.
 - ``TimeSchedule``: warm-up then linear/cosine decay of the learning rate by the
   elapsed fraction of a time budget (``solver.train_time / time_budget``), or of
   the iterations when no budget is given; a ``schedule(solver)`` hook.
@@ -17,6 +17,8 @@ import math
 
 import numpy as np
 
+from .cpu.augment import crop_flip
+
 
 def augment_crop_flip(pad: int = 2, flip: bool = True):
     """An augment hook: each image shifted by (dy, dx) in [-pad, pad]^2 and mirrored with p=0.5."""
@@ -27,18 +29,11 @@ def augment_crop_flip(pad: int = 2, flip: bool = True):
     def augment(X, y, rng):
         if X.ndim != 4:
             raise ValueError(f"augment expects images (N, C, H, W), got shape {X.shape}")
-        N, C, H, W = X.shape
-        Xp = np.pad(X, ((0, 0), (0, 0), (pad, pad), (pad, pad))) if pad else X
+        N = X.shape[0]
         oy = rng.integers(0, 2 * pad + 1, size=N)
         ox = rng.integers(0, 2 * pad + 1, size=N)
-        rows = oy[:, None] + np.arange(H)                      # (N, H)
-        cols = ox[:, None] + np.arange(W)                      # (N, W)
-        if flip:
-            mirror = rng.random(N) < 0.5
-            cols[mirror] = cols[mirror, ::-1]
-        out = Xp[np.arange(N)[:, None, None, None], np.arange(C)[None, :, None, None],
-                 rows[:, None, :, None], cols[:, None, None, :]]
-        return out, y
+        mirror = rng.random(N) < 0.5 if flip else np.zeros(N, dtype=bool)
+        return crop_flip(X, oy, ox, mirror, pad), y
 
     return augment
 

@@ -241,3 +241,15 @@ def test_recipe_trains_and_reduces_loss():
     first, last = np.mean(solver.loss_history[:2]), np.mean(solver.loss_history[-2:])
     assert last < first
     assert math.isfinite(last)
+
+
+def test_augment_kernel_matches_a_numpy_gather():
+    # the kernel against the plain NumPy gather it replaced (pad, index, mirror the columns)
+    X = np.random.default_rng(6).standard_normal((9, 3, 5, 6)).astype(np.float32)
+    out, _ = augment_crop_flip(2)(X, np.zeros(9, dtype=np.int64), np.random.default_rng(7))
+    rng = np.random.default_rng(7)
+    oy, ox, mirror = rng.integers(0, 5, size=9), rng.integers(0, 5, size=9), rng.random(9) < 0.5
+    Xp = np.pad(X, ((0, 0), (0, 0), (2, 2), (2, 2)))
+    for n in range(9):
+        want = Xp[n, :, oy[n]:oy[n] + 5, ox[n]:ox[n] + 6]
+        np.testing.assert_array_equal(out[n], want[..., ::-1] if mirror[n] else want)
