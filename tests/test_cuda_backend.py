@@ -163,6 +163,7 @@ class _Recorder:
 def test_launch_configurations_within_hardware_limits(monkeypatch):
     rec = _Recorder()
     monkeypatch.setattr(kernels, "get_kernel", rec)
+    monkeypatch.setattr(_runtime, "DIRECT_LAUNCH", False)   # on a GPU: every launch through get_kernel
     args = _inputs(np.float32)
     args["x"] = np.zeros((8, 3, 32, 32), np.float32)   # a CIFAR-sized batch (kernels do not run)
     args["wl"] = np.zeros((3 * 32 * 32, 5), np.float32)
@@ -181,8 +182,8 @@ def test_launch_configurations_within_hardware_limits(monkeypatch):
             assert threads & (threads - 1) == 0 and threads <= kernels.RED_THREADS
     # The GPU launch sizes (the simulator launches fewer threads) obey the same limits.
     assert kernels.TILE ** 2 <= _runtime.MAX_THREADS_PER_BLOCK
-    g = _runtime.GPU_THREADS_1D
-    assert g <= kernels.RED_THREADS and g & (g - 1) == 0
+    for g in (_runtime.GPU_THREADS_1D, _runtime.GPU_THREADS_REDUCE):
+        assert g <= kernels.RED_THREADS and g & (g - 1) == 0
     for name in kernels.KERNELS:
         assert kernels.shared_bytes(name, np.float64) <= _runtime.MAX_SHARED_BYTES, name
 

@@ -32,7 +32,7 @@ from numba import types
 from ._runtime import cuda
 
 TILE = 16            # conv / matmul tiles: TILE x TILE threads, two TILE x TILE shared tiles
-RED_THREADS = 256    # shared slots of the block reductions (block size: power of two <= this)
+RED_THREADS = 1024   # shared slots of the block reductions (block size: power of two <= this)
 DX_SMEM = 2048       # shared elements of filter taps staged by the conv dx kernel
 
 

@@ -1,7 +1,7 @@
 """Per-channel sums over (N, L) of arrays laid out (N, C, L): db, batch-norm statistics."""
 import numpy as np
 
-from ._runtime import THREADS_1D, blocks, empty, flat, launch, scratch
+from ._runtime import THREADS_REDUCE, blocks, empty, flat, launch, scratch
 
 
 def channel_sums(a, b, N, C, L, divisor=1.0, shift=None, sum_a=None, sum_b=None, sum_ab=None):
@@ -15,6 +15,6 @@ def channel_sums(a, b, N, C, L, divisor=1.0, shift=None, sum_a=None, sum_b=None,
     else:
         outs = [o if o is not None else empty((C,), dtype) for o in (sum_a, sum_b, sum_ab)]
     sa, sb = shift if shift is not None else (outs[0], outs[0])   # not read when unshifted
-    launch("channel_sums", dtype, blocks(C, 1), THREADS_1D, flat(a), flat(b), flat(sa), flat(sb),
+    launch("channel_sums", dtype, blocks(C, 1), THREADS_REDUCE, flat(a), flat(b), flat(sa), flat(sb),
            int(shift is not None), float(divisor), *(flat(o) for o in outs), N, C, L)
     return outs
