@@ -51,21 +51,27 @@ def _sum(v, mu):
     return s, s2
 
 
+def _flat(a):
+    """(N, C, H, W) -> (N, C, H*W), a view."""
+    return a.reshape(a.shape[0], a.shape[1], -1)
+
+
 def _chunks(N):
     return max(1, min(numba.get_num_threads(), N))
 
 
 @njit(parallel=True, cache=True)
-def _conv_stats_forward(x, w2, b, HH, WW, stride, pad, T, a, pmean, pm2):
-    # a[n] = conv(x[n]); pmean[n, f], pm2[n, f]: mean and sum of squared deviations of a[n, f]
-    N, F, H_out, W_out = a.shape
+def _conv_stats_forward(x, w2, b, HH, WW, stride, pad, H_out, W_out, T, a, pmean, pm2):
+    # a[n] (F, P) = conv(x[n]); pmean[n, f], pm2[n, f]: mean and sum of squared deviations of a[n, f].
+    # Arrays come flattened to (N, C, P) by the caller: a reshape inside the loops is a C call
+    # each (measured ~0.2 us; per image and channel that was most of the cost on 8x8 maps).
+    N, F, P = a.shape
     C, H, W = x.shape[1], x.shape[2], x.shape[3]
-    P = H_out * W_out
     for t in prange(T):
         cols = np.empty((w2.shape[1], P), dtype=x.dtype)
         xpad = np.zeros((C, H + 2 * pad, W + 2 * pad), dtype=x.dtype)
         for n in range(t * N // T, (t + 1) * N // T):
-            on = a[n].reshape(F, P)
+            on = a[n]
             _forward_image(x[n], w2, b, HH, WW, stride, pad, H_out, W_out, on, cols, xpad)
             for f in range(F):
                 m = _sum(on[f], 0.0)[0] / P
@@ -74,11 +80,12 @@ def _conv_stats_forward(x, w2, b, HH, WW, stride, pad, T, a, pmean, pm2):
 
 
 @njit(parallel=True, cache=True)
-def _bn_relu_pool(a, mean, std, gamma, beta, pool, ph, pw, stride, out, arg, hm):
-    # pool: out (N, C, H_out, W_out) = max over each window of relu(bn(a)), arg its flat
-    # index in the plane, hm the normalised value (a - mean) / std there; else out = relu(bn(a))
-    N, C, H, W = a.shape
-    P = H * W
+def _bn_relu_pool(a, W, mean, std, gamma, beta, pool, ph, pw, stride, W_out, out, arg, hm):
+    # a (N, C, P), planes of width W; pool: out (N, C, Q) = max over each window of relu(bn(a)),
+    # arg its flat index in the plane, hm the normalised value (a - mean) / std there, for
+    # windows numbered row-major with W_out per row; else out (N, C, P) = relu(bn(a))
+    N, C, P = a.shape
+    Q = out.shape[2]
     for c in prange(C):
         mu = mean[c]
         inv = 1.0 / std[c]
@@ -86,55 +93,56 @@ def _bn_relu_pool(a, mean, std, gamma, beta, pool, ph, pw, stride, out, arg, hm)
         bt = np.float64(beta[c])
         r = np.empty(P, dtype=out.dtype)  # bn(a) of one plane, rounded to the dtype as BN stores it
         for n in range(N):
-            an = a[n, c].reshape(P)
+            an = a[n, c]
             for p in range(P):
                 r[p] = g * ((an[p] - mu) * inv) + bt
+            on = out[n, c]
             if not pool:
-                on = out[n, c].reshape(P)
                 for p in range(P):
                     on[p] = r[p] if r[p] > 0 else 0
                 continue
             # max(relu(v)) = relu(max(v)). Where a window's max is not positive the recorded
             # element may differ from the composition's (its first element), but ReLU gives
             # both a zero gradient, so outputs and gradients agree.
-            H_out, W_out = out.shape[2], out.shape[3]
-            for i in range(H_out):
-                for j in range(W_out):
-                    at = i * stride * W + j * stride
-                    best = r[at]
-                    for k in range(ph):
-                        for l in range(pw):
-                            q = (i * stride + k) * W + j * stride + l
-                            if r[q] > best:  # strict: ties keep the first maximum
-                                best = r[q]
-                                at = q
-                    out[n, c, i, j] = best if best > 0 else 0
-                    arg[n, c, i, j] = at
-                    hm[n, c, i, j] = (an[at] - mu) * inv
+            argn = arg[n, c]
+            hmn = hm[n, c]
+            for q in range(Q):
+                i = q // W_out
+                j = q - i * W_out
+                at = i * stride * W + j * stride
+                best = r[at]
+                for k in range(ph):
+                    for l in range(pw):
+                        p = (i * stride + k) * W + j * stride + l
+                        if r[p] > best:  # strict: ties keep the first maximum
+                            best = r[p]
+                            at = p
+                on[q] = best if best > 0 else 0
+                argn[q] = at
+                hmn[q] = (an[at] - mu) * inv
 
 
 @njit(parallel=True, cache=True)
 def _bn_grad_sums(dout, out, hm, a, mean, std, pool, sb_out, sg_out):
     # dbeta = sum of dan, dgamma = sum of dan * xhat, where dan (the gradient at bn's
     # output) is dout where the output is positive (ReLU), at the recorded maxima (pool)
-    N, C = dout.shape[0], dout.shape[1]
-    Q = dout.shape[2] * dout.shape[3]
+    N, C, Q = dout.shape
     for c in prange(C):
         mu = mean[c]
         inv = 1.0 / std[c]
         sb = 0.0
         sg = 0.0
         for n in range(N):
-            dn = dout[n, c].reshape(Q)
-            on = out[n, c].reshape(Q)
+            dn = dout[n, c]
+            on = out[n, c]
             if pool:
-                hn = hm[n, c].reshape(Q)
+                hn = hm[n, c]
                 for q in range(Q):
                     if on[q] > 0:
                         sb += dn[q]
                         sg += np.float64(dn[q]) * hn[q]
             else:
-                an = a[n, c].reshape(Q)
+                an = a[n, c]
                 for q in range(Q):
                     if on[q] > 0:
                         sb += dn[q]
@@ -144,14 +152,15 @@ def _bn_grad_sums(dout, out, hm, a, mean, std, pool, sb_out, sg_out):
 
 
 @njit(parallel=True, cache=True)
-def _bn_conv_backward(x, w2, HH, WW, stride, pad, a, mean, std, gamma, ga, gb, dout, out, arg, pool,
+def _bn_conv_backward(x, w2, HH, WW, stride, pad, HWo, a, mean, std, gamma, ga, gb, dout, out, arg, pool,
                       need_dx, dx, dw_part, db_part):
     # per image: da = -ga - xhat * gb everywhere, plus gamma/std * dan where dan is nonzero
     # (batch norm's closed-form backward; ga = gb = 0 in test mode), then conv's backward
-    N, F, H_out, W_out = a.shape
+    # a, dout, out, arg flattened to (N, C, P or Q) by the caller
+    N, F, P = a.shape
+    H_out, W_out = HWo
     C, H, W = x.shape[1], x.shape[2], x.shape[3]
-    P = H_out * W_out
-    Q = dout.shape[2] * dout.shape[3]
+    Q = dout.shape[2]
     T = dw_part.shape[0]
     for t in prange(T):  # chunk t owns dw_part[t], db_part[t] and dx of its images
         cols = np.empty((w2.shape[1], P), dtype=x.dtype)
@@ -166,14 +175,14 @@ def _bn_conv_backward(x, w2, HH, WW, stride, pad, a, mean, std, gamma, ga, gb, d
                 mu = mean[f]
                 inv = 1.0 / std[f]
                 gi = np.float64(gamma[f]) * inv
-                an = a[n, f].reshape(P)
+                an = a[n, f]
                 row = dn[f]
                 for p in range(P):
                     row[p] = -ga[f] - ((an[p] - mu) * inv) * gb[f]
-                do = dout[n, f].reshape(Q)
-                on = out[n, f].reshape(Q)
+                do = dout[n, f]
+                on = out[n, f]
                 if pool:
-                    at = arg[n, f].reshape(Q)
+                    at = arg[n, f]
                     for q in range(Q):
                         if on[q] > 0:
                             row[at[q]] = row[at[q]] + gi * np.float64(do[q])
@@ -206,8 +215,8 @@ def _forward(x, w, b, gamma, beta, conv_param, bn_param, pool_param):
     pmean = np.empty((N, C))
     pm2 = np.empty((N, C))
     with kernel_threads(a.size * w2.shape[1]), blas_threads(1):
-        T = _chunks(N)
-        _conv_stats_forward(x, w2, np.ascontiguousarray(b), cg.HH, cg.WW, cg.stride, cg.pad, T, a, pmean, pm2)
+        _conv_stats_forward(x, w2, np.ascontiguousarray(b), cg.HH, cg.WW, cg.stride, cg.pad, cg.H_out, cg.W_out,
+                            _chunks(N), _flat(a), pmean, pm2)
     running_mean, running_var = _running_stats(bn_param, C, a.dtype)
     train = mode == "train"
     if train:  # Chan et al.: per-image (mean, M2) pairs combined in a fixed order
@@ -223,7 +232,8 @@ def _forward(x, w, b, gamma, beta, conv_param, bn_param, pool_param):
     std = np.sqrt(var.astype(np.float64) + eps)
     gamma, beta = np.ascontiguousarray(gamma), np.ascontiguousarray(beta)
     with kernel_threads(a.size):
-        _bn_relu_pool(a, mean_f, std, gamma, beta, pool, ph, pw, stride, out, arg, hm)
+        _bn_relu_pool(_flat(a), cg.W_out, mean_f, std, gamma, beta, pool, ph, pw, stride, out.shape[3], _flat(out),
+                      _flat(arg), _flat(hm))
     if train:  # the same update as SpatialBatchNorm's
         bn_param["running_mean"] = (momentum * running_mean + (1 - momentum) * mean).astype(a.dtype)
         bn_param["running_var"] = (momentum * running_var + (1 - momentum) * var).astype(a.dtype)
@@ -238,7 +248,7 @@ def _backward(dout, cache, layer, need_dx):
     M = a.size // C
     sb, sg = np.empty(C), np.empty(C)
     with kernel_threads(out.size):
-        _bn_grad_sums(dout, out, hm, a, mean, std, pool, sb, sg)
+        _bn_grad_sums(_flat(dout), _flat(out), _flat(hm), _flat(a), mean, std, pool, sb, sg)
     g = gamma.astype(np.float64)
     if train:  # closed form: da = inv/M * (M*g*dan - g*sum(dan) - xhat*g*sum(dan*xhat))
         ga = g * sb / std / M
@@ -250,8 +260,8 @@ def _backward(dout, cache, layer, need_dx):
         T = _chunks(x.shape[0])
         dw_part = np.empty((T,) + w2.shape, dtype=x.dtype)
         db_part = np.empty((T, w2.shape[0]), dtype=x.dtype)
-        _bn_conv_backward(x, w2, cg.HH, cg.WW, cg.stride, cg.pad, a, mean, std, gamma, ga, gb, dout, out,
-                          arg, pool, need_dx, dx, dw_part, db_part)
+        _bn_conv_backward(x, w2, cg.HH, cg.WW, cg.stride, cg.pad, (cg.H_out, cg.W_out), _flat(a), mean, std, gamma,
+                          ga, gb, _flat(dout), _flat(out), _flat(arg), pool, need_dx, dx, dw_part, db_part)
     return ((dx if need_dx else None), dw_part.sum(axis=0).reshape(w_shape), db_part.sum(axis=0),
             sg.astype(a.dtype), sb.astype(a.dtype))
 
