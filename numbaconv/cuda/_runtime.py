@@ -153,6 +153,12 @@ def _require_gpu() -> None:
         _gpu_seen = True
 
 
+# Launch the compiled kernel directly: each kernel has exactly one signature and
+# every call's arguments match it (tests/test_cuda_backend.py checks each launch),
+# so numba's per-call dispatch (typing every argument) is skipped. Off: the usual path.
+DIRECT_LAUNCH = True
+
+
 def launch(name: str, dtype, grid, block, *args) -> None:
     """Launch registered kernel ``name`` compiled for ``dtype``; the single launch point."""
     from .kernels import get_kernel, get_launcher
@@ -170,12 +176,6 @@ def launch(name: str, dtype, grid, block, *args) -> None:
             warnings.warn(f"numbaconv: direct kernel launch failed ({exc!r}); using numba's dispatcher",
                           RuntimeWarning, stacklevel=2)
     get_kernel(name, dtype)[grid, block](*args)
-
-
-# Launch the compiled kernel directly: each kernel has exactly one signature and
-# every call's arguments match it (tests/test_cuda_backend.py checks each launch),
-# so numba's per-call dispatch (typing every argument) is skipped. Off: the usual path.
-DIRECT_LAUNCH = True
 
 
 def _dim3(d) -> tuple:

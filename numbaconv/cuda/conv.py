@@ -1,7 +1,7 @@
 """Convolution: implicit-GEMM forward and dw kernels with shared-memory tiles and
-4x4 register tiles per thread; dx for stride 1 is the forward kernel run on dout with
-rotated filters, for other strides a gathering kernel (each dx element owned by
-one thread)."""
+4x4 register tiles per thread; dx for stride 1 is the forward kernel run on dout
+with rotated filters, for other strides a gathering kernel (each dx element owned
+by one thread)."""
 import math
 
 import numpy as np
