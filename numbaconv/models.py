@@ -342,14 +342,29 @@ class FastNet(_ConvNet):
     global max pool, linear, scores times ``logit_scale``; label-smoothed softmax loss.
     Every conv is followed by batch norm. ``tta_flip`` makes ``predict`` average the
     scores of each image and its horizontal mirror.
+
+    ``whiten=k`` puts a fixed whitening conv first: the top ``k`` principal components
+    of the images' 2x2 patches, each scaled to unit variance (``fit_whitening``), with
+    ``whiten_stride`` 1 (2x2 windows at every pixel: a 3x3 kernel with pad 1 whose
+    top-left 2x2 block is the filter, so the map keeps its size) or 2 (non-overlapping
+    2x2 windows: the map halves). Its weights ``whiten_W``/``whiten_b`` are parameters
+    that training leaves alone (``frozen``), so checkpoints keep them. Whitened inputs
+    make the first trained layer's gradient steps well conditioned.
     """
 
     kind = "fast"
 
     def __init__(self, input_dims=(3, 32, 32), stem=16, widths=(16, 32, 64), convs_per_group=1,
                  num_classes=10, smoothing=0.2, logit_scale=1.0, tta_flip=False, weight_scale="kaiming",
-                 reg=0.0, dtype=np.float32, backend="cpu", seed=None):
+                 reg=0.0, dtype=np.float32, backend="cpu", seed=None, whiten=0, whiten_stride=1):
         self._setup(input_dims, num_classes, reg, dtype, backend, seed)
+        C = self.input_dims[0]
+        self.whiten = 0 if whiten in (0, None) else _pos_int("whiten", whiten)
+        if self.whiten > 4 * C:
+            raise ValueError(f"whiten must be at most {4 * C} (the size of a 2x2 patch of {C} channels), got {whiten!r}")
+        if whiten_stride not in (1, 2):
+            raise ValueError(f"whiten_stride must be 1 or 2, got {whiten_stride!r}")
+        self.whiten_stride = int(whiten_stride)
         self.stem = 0 if stem in (0, None) else _pos_int("stem", stem)   # 0: no stem conv
         try:
             self.widths = [_pos_int(f"widths[{i}]", w) for i, w in enumerate(widths)]
@@ -365,6 +380,10 @@ class FastNet(_ConvNet):
         self.tta_flip = bool(tta_flip)
         self.weight_scale = _weight_scale(weight_scale)
         C, H, W = self.input_dims
+        if self.whiten and self.whiten_stride == 2:
+            if H % 2 or W % 2:
+                raise ValueError(f"input_dims {self.input_dims}: a stride-2 whitening stem needs an even height and width")
+            H, W = H // 2, W // 2
         for _ in self.widths:
             if H % 2 or W % 2:
                 raise ValueError(f"input_dims {self.input_dims} cannot be pooled {len(self.widths)} times "
@@ -375,6 +394,12 @@ class FastNet(_ConvNet):
         for w in self.widths:
             self.layers += [(w, True)] + [(w, False)] * (self.convs_per_group - 1)
         c_in = C
+        self.frozen: tuple[str, ...] = ()
+        if self.whiten:
+            # until fit_whitening: the first k coordinates of each 2x2 patch, unscaled
+            self._set_whitening(np.eye(4 * C)[:self.whiten], np.zeros(self.whiten))
+            self.frozen = ("whiten_W", "whiten_b")
+            c_in = self.whiten
         for i, (F, _) in enumerate(self.layers, start=1):
             if self.weight_scale == "kaiming":
                 self.params[f"W{i}"] = kaiming_initializer(c_in, F, K=3, relu=True, dtype=self.dtype, rng=self.rng)
@@ -391,8 +416,50 @@ class FastNet(_ConvNet):
                            "running_var": np.zeros(F, dtype=self.dtype)} for F, _ in self.layers]
         self.conv_param = {"stride": 1, "pad": 1}
 
+    @property
+    def whiten_conv_param(self) -> dict:
+        return {"stride": 1, "pad": 1} if self.whiten_stride == 1 else {"stride": 2, "pad": 0}
+
+    def _set_whitening(self, filters, bias) -> None:
+        """filters (k, C*4) over 2x2 patches flattened as (channel, row, column)."""
+        C = self.input_dims[0]
+        w2 = np.asarray(filters, dtype=np.float64).reshape(self.whiten, C, 2, 2)
+        if self.whiten_stride == 1:   # output (i, j) sees rows i-1, i and columns j-1, j
+            w = np.zeros((self.whiten, C, 3, 3))
+            w[:, :, :2, :2] = w2
+        else:
+            w = w2
+        self.params["whiten_W"] = w.astype(self.dtype)
+        self.params["whiten_b"] = np.asarray(bias, dtype=self.dtype)
+
+    def fit_whitening(self, X, eps: float = 5e-4) -> np.ndarray:
+        """Set the whitening stem from images X (N, C, H, W): the top ``whiten`` eigenvectors
+        of the covariance of all 2x2 patches, divided by sqrt(eigenvalue + eps), and a bias
+        that centres the patches. Returns the eigenvalues (descending)."""
+        if not self.whiten:
+            raise ValueError("this model has no whitening stem (whiten=0)")
+        X = self._check_inputs(X, None)   # the model's dtype: float32 patches keep a 2,000-image fit small
+        N, C, H, W = X.shape
+        patches = np.stack([X[:, :, dy:H - 1 + dy, dx:W - 1 + dx] for dy in (0, 1) for dx in (0, 1)], axis=2)
+        patches = patches.transpose(1, 2, 0, 3, 4).reshape(4 * C, -1)   # rows: (channel, row, column)
+        mean = patches.mean(axis=1, dtype=np.float64)
+        cov = (patches @ patches.T).astype(np.float64) / patches.shape[1] - np.outer(mean, mean)
+        evals, evecs = np.linalg.eigh(cov)
+        order = np.argsort(evals)[::-1][:self.whiten]
+        filters = evecs[:, order].T / np.sqrt(evals[order] + eps)[:, None]
+        self._set_whitening(filters, -filters @ mean)
+        return evals[np.argsort(evals)[::-1]]
+
+    def prepare(self, X_train, num_images: int = 2000) -> None:
+        """Data-dependent initialisation (the Solver calls it): fit the whitening stem, if
+        any, to the first ``num_images`` training images (a deterministic choice, so a
+        rebuilt run fits the same stem)."""
+        if self.whiten:
+            self.fit_whitening(X_train[:num_images])
+
     def config(self) -> dict:
         return {"kind": self.kind, "input_dims": list(self.input_dims), "stem": self.stem, "widths": list(self.widths),
+                "whiten": self.whiten, "whiten_stride": self.whiten_stride,
                 "convs_per_group": self.convs_per_group, "num_classes": self.num_classes,
                 "smoothing": self.smoothing, "logit_scale": self.logit_scale, "tta_flip": self.tta_flip,
                 "weight_scale": self.weight_scale, "reg": self.reg, "dtype": self.dtype.name,
@@ -403,6 +470,8 @@ class FastNet(_ConvNet):
         p = self.params
         caches = []
         h = X
+        if self.whiten:   # frozen: nothing is kept for backward
+            h, _ = self.nb.Conv.forward(X, p["whiten_W"], p["whiten_b"], self.whiten_conv_param)
         for i, (_, pool) in enumerate(self.layers, start=1):
             layer = self._bn_layer(pool)
             h, cache = layer.forward(h, p[f"W{i}"], p[f"b{i}"], p[f"gamma{i}"], p[f"beta{i}"], self.conv_param,

@@ -29,6 +29,10 @@ state, such as ``solver.iteration`` or ``solver.train_time``, to stay
 resumable); ``augment(X, y, rng)`` transforms each minibatch with the solver's
 generator; ``on_iteration(solver)`` and ``on_epoch_end(solver)`` are called
 after each committed step and epoch end (progress displays, checkpoints).
+A model with a ``prepare(X_train)`` method (data-dependent initialisation, e.g.
+FastNet's whitening stem) gets it called once, when the Solver is built, before
+any training time is counted; ``load_state_dict`` then overwrites what it set.
+Parameters named in ``model.frozen`` are never updated (and need no gradient).
 """
 from __future__ import annotations
 
@@ -152,6 +156,8 @@ class Solver:
         self.model = model
         self.X_train, self.y_train = _check_split(_get(data, "X_train"), _get(data, "y_train"), "train")
         self.X_val, self.y_val = _check_split(_get(data, "X_val"), _get(data, "y_val"), "val")
+        if callable(getattr(model, "prepare", None)):
+            model.prepare(self.X_train)
 
         self.update_rule_name = kwargs.pop("update_rule", "sgd")
         if not isinstance(self.update_rule_name, str):
@@ -264,8 +270,10 @@ class Solver:
             if not math.isfinite(loss):
                 raise NonFiniteLossError(loss, self.iteration, self.epoch)
             new_params, new_configs = {}, {}
+            frozen = getattr(self.model, "frozen", ())   # parameters training leaves alone
             for p, w in self.model.params.items():
-                new_params[p], new_configs[p] = self.update_rule(w, grads[p], dict(self.optim_configs[p]))
+                if p not in frozen:
+                    new_params[p], new_configs[p] = self.update_rule(w, grads[p], dict(self.optim_configs[p]))
         except BaseException:
             self.rng.bit_generator.state = rng_state
             _restore_bn(self.model.bn_params, bn_saved)
