@@ -39,7 +39,8 @@ def run_torch(data, X_test, y_test, budget, seed, recipe, threads):
     import torch
     import torch.nn as nn
 
-    from numbaconv.recipe import RECIPES, TimeSchedule, augment_crop_flip
+    from numbaconv.models import build_model
+    from numbaconv.recipe import RECIPES, TimeSchedule, augment_crop_flip, recipe_model_config
 
     torch.set_num_threads(threads)
     torch.manual_seed(seed)
@@ -47,6 +48,17 @@ def run_torch(data, X_test, y_test, budget, seed, recipe, threads):
     m = r["model"]
     C = data["X_train"].shape[1]
     layers, c_in = [], C
+    num_classes = int(max(data["y_train"].max(), data["y_val"].max())) + 1
+    if m.get("whiten"):   # the same frozen stem: fitted by our FastNet's prepare() on the same images
+        ours = build_model(recipe_model_config(recipe, data["X_train"].shape[1:], num_classes), seed=seed)
+        ours.prepare(data["X_train"])
+        ww, cp = ours.params["whiten_W"], ours.whiten_conv_param
+        stem = nn.Conv2d(C, ww.shape[0], ww.shape[2], stride=cp["stride"], padding=cp["pad"])
+        with torch.no_grad():
+            stem.weight.copy_(torch.from_numpy(ww))
+            stem.bias.copy_(torch.from_numpy(ours.params["whiten_b"]))
+        stem.requires_grad_(False)
+        layers, c_in = [stem], ww.shape[0]
     plan = ([(m["stem"], False)] if m["stem"] else [])
     for w in m["widths"]:
         plan += [(w, True)] + [(w, False)] * (m["convs_per_group"] - 1)
@@ -56,14 +68,14 @@ def run_torch(data, X_test, y_test, budget, seed, recipe, threads):
         nn.init.zeros_(conv.bias)
         layers += [conv, nn.BatchNorm2d(F, momentum=0.1), nn.ReLU()] + ([nn.MaxPool2d(2)] if pool else [])
         c_in = F
-    num_classes = int(max(data["y_train"].max(), data["y_val"].max())) + 1
     fc = nn.Linear(c_in, num_classes)
     nn.init.normal_(fc.weight, std=(1.0 / c_in) ** 0.5)
     nn.init.zeros_(fc.bias)
     net = nn.Sequential(*layers, nn.AdaptiveMaxPool2d(1), nn.Flatten(), fc)
     scale = m["logit_scale"]
-    decay = [p for n, p in net.named_parameters() if p.ndim > 1]       # conv and linear weights only
-    no_decay = [p for n, p in net.named_parameters() if p.ndim <= 1]    # biases, BN gamma/beta
+    trained = [p for p in net.parameters() if p.requires_grad]    # not the frozen stem
+    decay = [p for p in trained if p.ndim > 1]       # conv and linear weights only
+    no_decay = [p for p in trained if p.ndim <= 1]    # biases, BN gamma/beta
     oc = r["optim_config"]
     opt = torch.optim.SGD([{"params": decay, "weight_decay": oc["weight_decay"]},
                            {"params": no_decay, "weight_decay": 0.0}],
