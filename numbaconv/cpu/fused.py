@@ -106,20 +106,23 @@ def _bn_relu_pool(a, W, mean, std, gamma, beta, pool, ph, pw, stride, W_out, out
             # both a zero gradient, so outputs and gradients agree.
             argn = arg[n, c]
             hmn = hm[n, c]
-            for q in range(Q):
-                i = q // W_out
-                j = q - i * W_out
-                at = i * stride * W + j * stride
-                best = r[at]
-                for k in range(ph):
-                    for l in range(pw):
-                        p = (i * stride + k) * W + j * stride + l
-                        if r[p] > best:  # strict: ties keep the first maximum
-                            best = r[p]
-                            at = p
-                on[q] = best if best > 0 else 0
-                argn[q] = at
-                hmn[q] = (an[at] - mu) * inv
+            for i in range(Q // W_out):
+                for j in range(W_out):
+                    at = i * stride * W + j * stride
+                    best = r[at]
+                    for k in range(ph):
+                        for l in range(pw):
+                            p = (i * stride + k) * W + j * stride + l
+                            # strict: ties keep the first maximum. Written as selects, not a
+                            # branch: on real activations the comparison is a coin flip, and
+                            # mispredicted branches cost more than the rest of the loop
+                            take = r[p] > best
+                            best = r[p] if take else best
+                            at = p if take else at
+                    q = i * W_out + j
+                    on[q] = best if best > 0 else 0
+                    argn[q] = at
+                    hmn[q] = (an[at] - mu) * inv
 
 
 @njit(parallel=True, cache=True)
@@ -135,18 +138,19 @@ def _bn_grad_sums(dout, out, hm, a, mean, std, pool, sb_out, sg_out):
         for n in range(N):
             dn = dout[n, c]
             on = out[n, c]
+            # the ReLU mask as a 0/1 factor rather than a (coin-flip) branch
             if pool:
                 hn = hm[n, c]
                 for q in range(Q):
-                    if on[q] > 0:
-                        sb += dn[q]
-                        sg += np.float64(dn[q]) * hn[q]
+                    d = np.float64(dn[q]) if on[q] > 0 else 0.0
+                    sb += d
+                    sg += d * hn[q]
             else:
                 an = a[n, c]
                 for q in range(Q):
-                    if on[q] > 0:
-                        sb += dn[q]
-                        sg += np.float64(dn[q]) * ((an[q] - mu) * inv)
+                    d = np.float64(dn[q]) if on[q] > 0 else 0.0
+                    sb += d
+                    sg += d * ((an[q] - mu) * inv)
         sb_out[c] = sb
         sg_out[c] = sg
 
@@ -181,15 +185,13 @@ def _bn_conv_backward(x, w2, HH, WW, stride, pad, HWo, a, mean, std, gamma, ga, 
                     row[p] = -ga[f] - ((an[p] - mu) * inv) * gb[f]
                 do = dout[n, f]
                 on = out[n, f]
-                if pool:
+                if pool:   # adding 0 where ReLU blocked: no branch to mispredict
                     at = arg[n, f]
                     for q in range(Q):
-                        if on[q] > 0:
-                            row[at[q]] = row[at[q]] + gi * np.float64(do[q])
+                        row[at[q]] = row[at[q]] + (gi * np.float64(do[q]) if on[q] > 0 else 0.0)
                 else:
                     for q in range(Q):
-                        if on[q] > 0:
-                            row[q] = row[q] + gi * np.float64(do[q])
+                        row[q] = row[q] + (gi * np.float64(do[q]) if on[q] > 0 else 0.0)
             _backward_image(x[n], w2, dn, HH, WW, stride, pad, H_out, W_out, need_dx, dx[n],
                             dw_part[t], db_part[t], cols, dcols, xpad, dxpad)
 
