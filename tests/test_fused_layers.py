@@ -117,3 +117,20 @@ def test_fused_rejects_bad_input_like_the_sandwich():
                                                       POOLS["2x2"])
     with pytest.raises(ValueError, match="dout has shape"):
         cpu.Conv_BatchNorm_ReLU_Pool.backward(np.ones((1, 1, 1, 1)), cache)
+
+
+def test_without_numba_callable_blas_the_fused_layers_are_the_cpu_sandwiches(monkeypatch):
+    from numbaconv.cpu import _gemm
+
+    _, x, w, b, gamma, beta = _case(np.float64, seed=3)
+    want_out, want_cache = sandwiches("cpu").Conv_BatchNorm_ReLU_Pool.forward(
+        x, w, b, gamma, beta, CONVS[0][0], {"mode": "train"}, POOLS["2x2"])
+    want = sandwiches("cpu").Conv_BatchNorm_ReLU_Pool.backward(np.ones_like(want_out), want_cache)
+    monkeypatch.setattr(_gemm, "AVAILABLE", False)
+    out, cache = cpu.Conv_BatchNorm_ReLU_Pool.forward(x, w, b, gamma, beta, CONVS[0][0], {"mode": "train"},
+                                                      POOLS["2x2"])
+    np.testing.assert_allclose(out, want_out, rtol=1e-12, atol=1e-14)   # Conv falls back to NumPy matmul too
+    got = cpu.Conv_BatchNorm_ReLU_Pool.backward(np.ones_like(out), cache, need_dx=False)
+    assert got[0] is None
+    for g, w_ in zip(got[1:], want[1:]):
+        np.testing.assert_allclose(g, w_, rtol=1e-12, atol=1e-14)
