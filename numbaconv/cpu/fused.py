@@ -4,9 +4,10 @@ Same signatures and results as the sandwiches of ``numbaconv.layers``
 (``Conv_BatchNorm_ReLU`` and ``Conv_BatchNorm_ReLU_Pool``, the reference
 compositions they are tested against). Unfused, batch norm, ReLU and the pool
 are a parallel region and one or more full passes over the activations each;
-on this machine those passes are memory-bound (a 16 MiB pass ~1.7 ms) and
-together cost more than the convolutions (94 ms of a 190 ms step of the fast
-recipe's net). Fused, the activations are touched about half as often:
+on a 2-core test machine those passes are memory-bound (a 16 MiB pass ~1.7 ms)
+and together cost more than the convolutions (94 ms of a 190 ms step of a
+16/32/64 conv-BN-ReLU-pool net, batch 256). Fused, the activations are touched
+about half as often:
 
 Forward: (1) the conv, image by image as ``Conv``; while an image's output is
 in cache its per-channel mean and sum of squared deviations are taken (float64;
@@ -26,10 +27,9 @@ with respect to the images.
 Without a Numba-callable BLAS (``_gemm.AVAILABLE`` false) these are the cpu
 backend's sandwiches.
 """
+import numba
 import numpy as np
 from numba import njit, prange
-
-import numba
 
 from ..checks import batchnorm_params, check_dout, conv_geometry, pool_geometry
 from . import _gemm
