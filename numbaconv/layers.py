@@ -116,3 +116,11 @@ def sandwiches(backend) -> SimpleNamespace:
     """All sandwich layers bound to one backend (a name or a backend module)."""
     name = backend if isinstance(backend, str) else backend.NAME
     return _sandwiches_for(name)
+
+
+def fastest(backend, name: str):
+    """Sandwich ``name`` on ``backend``: the backend's own fused implementation when it
+    exports one under that name (cpu: Conv_BatchNorm_ReLU[_Pool]), else the composition
+    above. Models train with it and gradcheck checks it, so both see the same code."""
+    nb = get_backend(backend) if isinstance(backend, str) else backend
+    return getattr(nb, name, None) or getattr(sandwiches(nb), name)

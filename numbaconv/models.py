@@ -26,7 +26,7 @@ import numpy as np
 
 from .backends import get_backend
 from .init import kaiming_initializer
-from .layers import sandwiches
+from .layers import fastest, sandwiches
 
 POOL = {"pool_height": 2, "pool_width": 2, "stride": 2}
 
@@ -101,8 +101,7 @@ class _ConvNet:
 
     def _bn_layer(self, pool: bool):
         """Conv-BN-ReLU[-pool]: the backend's fused layer if it has one, else the sandwich."""
-        name = "Conv_BatchNorm_ReLU_Pool" if pool else "Conv_BatchNorm_ReLU"
-        return getattr(self.nb, name, None) or getattr(self.L, name)
+        return fastest(self.nb, "Conv_BatchNorm_ReLU_Pool" if pool else "Conv_BatchNorm_ReLU")
 
     @staticmethod
     def _backward(layer, dh, cache, first: bool):

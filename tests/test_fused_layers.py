@@ -134,3 +134,14 @@ def test_without_numba_callable_blas_the_fused_layers_are_the_cpu_sandwiches(mon
     assert got[0] is None
     for g, w_ in zip(got[1:], want[1:]):
         np.testing.assert_allclose(g, w_, rtol=1e-12, atol=1e-14)
+
+
+def test_models_and_gradcheck_pick_the_fused_layer_where_a_backend_has_one():
+    from numbaconv.gradcheck import _cases
+    from numbaconv.layers import fastest
+
+    for name in ("Conv_BatchNorm_ReLU", "Conv_BatchNorm_ReLU_Pool"):
+        assert fastest("cpu", name) is getattr(cpu, name)
+        assert fastest("reference", name) is getattr(sandwiches("reference"), name)
+        case = next(c for c in _cases("cpu", np.random.default_rng(0)) if c.layer == name)
+        assert case.backward == getattr(cpu, name).backward   # `numbaconv gradcheck --backend cpu` checks it
