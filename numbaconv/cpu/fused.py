@@ -274,6 +274,15 @@ def _sandwich(name):
     return getattr(sandwiches("cpu"), name)
 
 
+def _backward_or_sandwich(dout, cache, layer, need_dx):
+    """The fused backward, or the sandwich's where Numba cannot call BLAS (the forward
+    then made the sandwich's cache); dx is None when ``need_dx`` is False."""
+    if _gemm.AVAILABLE:
+        return _backward(dout, cache, layer, need_dx)
+    g = _sandwich(layer).backward(dout, cache)
+    return ((g[0] if need_dx else None),) + tuple(g[1:])
+
+
 class Conv_BatchNorm_ReLU:
     """conv - spatial batch norm - ReLU, fused; the sandwich's signature and results."""
 
@@ -289,10 +298,7 @@ class Conv_BatchNorm_ReLU:
     @staticmethod
     def backward(dout, cache, need_dx=True):
         """Returns (dx, dw, db, dgamma, dbeta); dx is None when ``need_dx`` is False."""
-        if not _gemm.AVAILABLE:
-            g = _sandwich("Conv_BatchNorm_ReLU").backward(dout, cache)
-            return ((g[0] if need_dx else None),) + tuple(g[1:])
-        return _backward(dout, cache, "Conv_BatchNorm_ReLU", need_dx)
+        return _backward_or_sandwich(dout, cache, "Conv_BatchNorm_ReLU", need_dx)
 
 
 class Conv_BatchNorm_ReLU_Pool:
@@ -311,7 +317,4 @@ class Conv_BatchNorm_ReLU_Pool:
     @staticmethod
     def backward(dout, cache, need_dx=True):
         """Returns (dx, dw, db, dgamma, dbeta); dx is None when ``need_dx`` is False."""
-        if not _gemm.AVAILABLE:
-            g = _sandwich("Conv_BatchNorm_ReLU_Pool").backward(dout, cache)
-            return ((g[0] if need_dx else None),) + tuple(g[1:])
-        return _backward(dout, cache, "Conv_BatchNorm_ReLU_Pool", need_dx)
+        return _backward_or_sandwich(dout, cache, "Conv_BatchNorm_ReLU_Pool", need_dx)
