@@ -38,3 +38,17 @@ def ref():
 @pytest.fixture
 def rng():
     return np.random.default_rng(1234)
+
+
+def assert_conv_matches_reference(nb, x, w, b, conv_param, rng, tol=1e-10):
+    """float64 conv forward and backward (dx, dw, db) of backend ``nb`` against the
+    reference, by the assignment's relative error, for a random upstream gradient."""
+    from numbaconv.gradcheck import rel_error
+
+    ref = get_backend("reference")
+    out, cache = nb.Conv.forward(x, w, b, conv_param)
+    out_ref, cache_ref = ref.Conv.forward(x, w, b, conv_param)
+    assert rel_error(out, out_ref) < tol
+    dout = rng.standard_normal(out_ref.shape)
+    for g, g_ref in zip(nb.Conv.backward(dout, cache), ref.Conv.backward(dout, cache_ref)):
+        assert rel_error(g, g_ref) < tol

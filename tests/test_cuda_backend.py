@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import assert_conv_matches_reference
 
 from numbaconv import get_backend
 
@@ -225,18 +226,11 @@ def test_conv_dw_split_over_columns_matches_reference():
     # Enough output columns (N*H_out*W_out = 512) that dw is summed in two chunks
     # and the chunks are added by sum_splits.
     from numbaconv.cuda.conv import dw_splits
-    from numbaconv.gradcheck import rel_error
 
     rng = np.random.default_rng(5)
     x, w, b = rng.standard_normal((2, 2, 16, 16)), rng.standard_normal((3, 2, 3, 3)), rng.standard_normal(3)
     assert dw_splits(1, 2 * 16 * 16)[0] == 2
-    ref = get_backend("reference")
-    out, cache = nb.Conv.forward(x, w, b, CP)
-    out_ref, cache_ref = ref.Conv.forward(x, w, b, CP)
-    assert rel_error(out, out_ref) < 1e-10
-    dout = rng.standard_normal(out.shape)
-    for g, g_ref in zip(nb.Conv.backward(dout, cache), ref.Conv.backward(dout, cache_ref)):
-        assert rel_error(g, g_ref) < 1e-10
+    assert_conv_matches_reference(nb, x, w, b, CP, rng)
 
 
 def test_without_gpu_or_simulator_a_clear_error():
@@ -255,16 +249,8 @@ def test_without_gpu_or_simulator_a_clear_error():
 ])
 def test_conv_beyond_one_block_tile_matches_reference(xs, ws, pad):
     from numbaconv.cuda.kernels import BLOCK_COLS, BLOCK_F
-    from numbaconv.gradcheck import rel_error
 
     rng = np.random.default_rng(6)
     x, w, b = rng.standard_normal(xs), rng.standard_normal(ws), rng.standard_normal(ws[0])
-    ref = get_backend("reference")
-    cp = {"stride": 1, "pad": pad}
     assert ws[0] > BLOCK_F or ws[1] * ws[2] * ws[3] > BLOCK_COLS
-    out, cache = nb.Conv.forward(x, w, b, cp)
-    out_ref, cache_ref = ref.Conv.forward(x, w, b, cp)
-    assert rel_error(out, out_ref) < 1e-10
-    dout = rng.standard_normal(out.shape)
-    for g, g_ref in zip(nb.Conv.backward(dout, cache), ref.Conv.backward(dout, cache_ref)):
-        assert rel_error(g, g_ref) < 1e-10
+    assert_conv_matches_reference(nb, x, w, b, {"stride": 1, "pad": pad}, rng)

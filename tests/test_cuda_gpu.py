@@ -8,6 +8,7 @@ reference backend, as everywhere: float64 to 1e-10, max pooling exactly.
 """
 import numpy as np
 import pytest
+from conftest import assert_conv_matches_reference
 
 from numbaconv import get_backend
 from numbaconv.gradcheck import rel_error
@@ -26,13 +27,7 @@ TOL = 1e-10
 def test_conv_at_scale_matches_reference(xs, ws, stride, pad):
     rng = np.random.default_rng(11)
     x, w, b = rng.standard_normal(xs), rng.standard_normal(ws), rng.standard_normal(ws[0])
-    cp = {"stride": stride, "pad": pad}
-    out, cache = nb.Conv.forward(x, w, b, cp)
-    out_ref, cache_ref = ref.Conv.forward(x, w, b, cp)
-    assert rel_error(out, out_ref) < TOL
-    dout = rng.standard_normal(out_ref.shape)
-    for g, g_ref in zip(nb.Conv.backward(dout, cache), ref.Conv.backward(dout, cache_ref)):
-        assert rel_error(g, g_ref) < TOL
+    assert_conv_matches_reference(nb, x, w, b, {"stride": stride, "pad": pad}, rng, TOL)
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
