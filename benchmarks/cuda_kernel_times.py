@@ -16,6 +16,7 @@ from collections import defaultdict
 
 import numpy as np
 
+from numbaconv import get_backend
 from numbaconv.bench import CIFAR_SHAPES, _inputs, numbaconv_op
 from numbaconv.cuda import _runtime, conv, reductions
 
@@ -24,16 +25,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=20)
     parser.add_argument("--json", default=None)
-    parser.add_argument("--dx", choices=["auto", "gemm", "gather"], default="auto",
-                        help="force conv dx through the flipped-filter GEMM or the gathering kernel")
+    parser.add_argument("--dx-gather", action="store_true",
+                        help="conv dx by the gathering kernel even where the flipped-filter GEMM would run")
     parser.add_argument("--dispatch", action="store_true",
                         help="launch through numba's dispatcher instead of the direct launcher")
     args = parser.parse_args()
     _runtime.DIRECT_LAUNCH = not args.dispatch
-    if args.dx != "auto":
-        real_choice = conv.uses_flipped_gemm_for_dx
-        conv.uses_flipped_gemm_for_dx = (lambda g: real_choice(g) or g.stride == 1) if args.dx == "gemm" \
-            else (lambda g: False)
+    if args.dx_gather:
+        conv.uses_flipped_gemm_for_dx = lambda g: False
     from numba import cuda
 
     times = defaultdict(list)
@@ -58,7 +57,7 @@ def main() -> None:
     report = {}
     for shape in (s for s in CIFAR_SHAPES if s.kind == "conv"):
         a = {k: cuda.to_device(v) for k, v in _inputs(shape, np.float32).items()}
-        fn = numbaconv_op(_runtime_backend(), "conv forward+backward", shape, a)
+        fn = numbaconv_op(get_backend("cuda"), "conv forward+backward", shape, a)
         fn()
         times.clear()
         total = []
@@ -77,11 +76,6 @@ def main() -> None:
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(report, fh, indent=2)
-
-
-def _runtime_backend():
-    from numbaconv import get_backend
-    return get_backend("cuda")
 
 
 if __name__ == "__main__":

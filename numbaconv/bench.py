@@ -299,7 +299,7 @@ def run_benchmarks(backend: str, dtype: str, shapes=CIFAR_SHAPES, repeat: int = 
                    reference_max_iterations: int | None = REFERENCE_MAX_ITERATIONS) -> list[dict]:
     """Time every op of ``backend`` on ``shapes``; one dict per (op, shape).
     The reference is timed where its loop count is at most ``reference_max_iterations``
-    (None: always), best of up to 3 calls, one where a call takes over 2 s.
+    (None: always): best of up to 3 calls, one call above REFERENCE_MAX_ITERATIONS.
 
     Keys: op, shape, ms (the backend), reference_ms, speedup (reference/backend),
     gflops (conv only), torch_ms, torch_ratio (backend/torch: below 1 is faster),
