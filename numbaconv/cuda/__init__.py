@@ -3,7 +3,9 @@
 
 NumPy arrays in -> NumPy arrays out; device arrays in (``numba.cuda.to_device``)
 -> device arrays out, with no host round trip, so a model can keep its tensors
-on the GPU. Without a GPU the kernels run under the Numba CUDA simulator
+on the GPU. Other libraries' GPU arrays (anything with ``__cuda_array_interface__``
+or a CUDA ``__dlpack__``: PyTorch, CuPy) are taken without a copy and give numba
+device arrays out. ``count_transfers()`` counts the host<->device copies. Without a GPU the kernels run under the Numba CUDA simulator
 (``NUMBA_ENABLE_CUDASIM=1`` set before numba is imported): slow, but the same code.
 
 >>> import numpy as np
@@ -14,7 +16,7 @@ on the GPU. Without a GPU the kernels run under the Numba CUDA simulator
 array([[4., 4.],
        [4., 4.]])
 """
-from ._runtime import NO_GPU_HINT, SIMULATOR, cuda
+from ._runtime import NO_GPU_HINT, SIMULATOR, TransferStats, adopting, count_transfers, cuda, transfer_stats
 from .batchnorm import BatchNorm, SpatialBatchNorm
 from .conv import Conv
 from .linear import Linear
@@ -23,6 +25,16 @@ from .relu import ReLU
 from .softmax import softmax_loss
 
 NAME = "cuda"
+
+# Interop at the API boundary, once for every layer: each public method adopts
+# foreign GPU arrays among its arguments (a zero-copy view) before validation,
+# which reads numba/NumPy shapes and dtypes.
+LAYERS = (Conv, MaxPool, BatchNorm, SpatialBatchNorm, Linear, ReLU)
+for _layer in LAYERS:
+    for _name in ("forward", "backward", "backward_alt"):
+        if _name in vars(_layer):
+            setattr(_layer, _name, staticmethod(adopting(vars(_layer)[_name].__func__)))
+softmax_loss = adopting(softmax_loss)
 
 
 def is_available() -> bool:
@@ -41,4 +53,5 @@ def synchronize() -> None:
 
 
 __all__ = ["Conv", "MaxPool", "BatchNorm", "SpatialBatchNorm", "Linear", "ReLU", "softmax_loss", "NAME",
-           "is_available", "synchronize", "SIMULATOR", "NO_GPU_HINT"]
+           "is_available", "synchronize", "SIMULATOR", "NO_GPU_HINT", "count_transfers", "transfer_stats",
+           "TransferStats"]

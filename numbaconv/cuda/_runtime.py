@@ -7,9 +7,11 @@ the GPU. Kernels only ever see flat, C-contiguous device arrays and scalars.
 """
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import math
 import warnings
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -54,6 +56,127 @@ def is_device(a) -> bool:
     return not isinstance(a, np.ndarray) and hasattr(a, "copy_to_host")
 
 
+# ---------------------------------------------------------------- transfer counter
+# Every host<->device copy of the backend goes through to_device / to_host below,
+# so a caller can check that a loop keeps its tensors on the GPU.
+
+@dataclass
+class TransferStats:
+    """Host->device (h2d) and device->host (d2h) copies made by the backend, and their bytes."""
+    h2d: int = 0
+    d2h: int = 0
+    h2d_bytes: int = 0
+    d2h_bytes: int = 0
+
+
+_totals = TransferStats()
+
+
+def transfer_stats() -> TransferStats:
+    """The copies made since the process started (a snapshot)."""
+    return TransferStats(**vars(_totals))
+
+
+class TransferCount:
+    """The copies made inside a ``count_transfers()`` block: live while it runs, fixed after."""
+
+    def __init__(self):
+        self._start, self._end = transfer_stats(), None
+
+    def _delta(self, name: str) -> int:
+        return getattr(self._end or _totals, name) - getattr(self._start, name)
+
+    h2d = property(lambda self: self._delta("h2d"))
+    d2h = property(lambda self: self._delta("d2h"))
+    h2d_bytes = property(lambda self: self._delta("h2d_bytes"))
+    d2h_bytes = property(lambda self: self._delta("d2h_bytes"))
+
+    def __repr__(self):
+        return f"TransferCount(h2d={self.h2d}, d2h={self.d2h}, h2d_bytes={self.h2d_bytes}, d2h_bytes={self.d2h_bytes})"
+
+
+@contextlib.contextmanager
+def count_transfers():
+    """``with count_transfers() as t: ...``; then t.h2d, t.d2h, t.h2d_bytes, t.d2h_bytes."""
+    window = TransferCount()
+    try:
+        yield window
+    finally:
+        window._end = transfer_stats()
+
+
+def to_device(h: np.ndarray):
+    """cuda.to_device, counted."""
+    _totals.h2d += 1
+    _totals.h2d_bytes += int(h.nbytes)
+    return cuda.to_device(h)
+
+
+def to_host(d) -> np.ndarray:
+    """d.copy_to_host(), counted."""
+    _totals.d2h += 1
+    _totals.d2h_bytes += int(d.nbytes)
+    return d.copy_to_host()
+
+
+# ---------------------------------------------------------------- other libraries' GPU arrays
+_DLPACK_GPU = (2, 13)   # kDLCUDA, kDLCUDAManaged: memory a kernel can read
+
+
+def is_foreign_device(a) -> bool:
+    """True for another library's GPU array (PyTorch, CuPy, JAX ...): it exposes
+    ``__cuda_array_interface__`` or ``__dlpack__`` on a CUDA device, and is not numba's."""
+    if isinstance(a, np.ndarray) or is_device(a):
+        return False
+    if hasattr(a, "__cuda_array_interface__"):
+        return True
+    device = getattr(a, "__dlpack_device__", None)
+    if device is None or not hasattr(a, "__dlpack__"):
+        return False
+    try:
+        return int(device()[0]) in _DLPACK_GPU
+    except Exception:   # an exporter that cannot say where it lives is not taken as GPU memory
+        return False
+
+
+def adopt(a):
+    """A numba device array sharing a foreign GPU array's memory (no copy); anything
+    else is returned unchanged. The foreign object is kept alive by the result."""
+    if not is_foreign_device(a):
+        return a
+    if hasattr(a, "__cuda_array_interface__"):
+        desc, owner = dict(a.__cuda_array_interface__), a
+    else:
+        from cuda.core.utils import StridedMemoryView   # numba-cuda's own dependency
+
+        view = StridedMemoryView.from_dlpack(a, stream_ptr=-1)   # -1: the exporter need not synchronise
+        itemsize = np.dtype(view.dtype).itemsize
+        desc = {"shape": tuple(view.shape), "typestr": np.dtype(view.dtype).str, "version": 3,
+                "data": (int(view.ptr), bool(view.readonly)),
+                "strides": None if view.strides is None else tuple(s * itemsize for s in view.strides)}
+        owner = view
+    if SIMULATOR:
+        # The simulator's "device memory" is host memory: view it through NumPy's
+        # array interface, which has the same fields, and wrap it as the simulator does.
+        from numba.cuda.simulator.cudadrv.devicearray import FakeCUDAArray
+
+        holder = type("_Memory", (), {"__array_interface__": {k: desc[k] for k in ("shape", "typestr", "data",
+                                                                                    "strides")} | {"version": 3},
+                                     "owner": owner})()
+        return FakeCUDAArray(np.asarray(holder))
+    return cuda.from_cuda_array_interface(desc, owner=owner)
+
+
+def adopting(fn):
+    """``fn`` with every foreign GPU array among its arguments adopted first."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        return fn(*(adopt(a) for a in args), **{k: adopt(v) for k, v in kwargs.items()})
+    return wrapper
+
+
 def as_device(a, dtype=None):
     """A C-contiguous device array holding ``a`` (no copy if it already is one)."""
     if is_device(a):
@@ -69,7 +192,7 @@ def as_device(a, dtype=None):
         # (x[None] has stride 0 there); numba's device reshape then refuses to
         # flatten it ("operation requires copying", seen on an H200). Copy it.
         h = h.copy(order="C")
-    return cuda.to_device(h)
+    return to_device(h)
 
 
 def _c_strides(shape, itemsize: int) -> tuple:
@@ -118,7 +241,7 @@ def scratch(shape, dtype, purpose: str):
 
 def result(d, host: bool):
     """Hand a device result back in the caller's form."""
-    return d.copy_to_host() if host else d
+    return to_host(d) if host else d
 
 
 def blocks(work: int, per_block: int) -> int:

@@ -10,7 +10,7 @@ import math
 import numpy as np
 
 from ..checks import batchnorm_params, check_dout
-from ._runtime import THREADS_1D, as_device, blocks, cuda, empty, flat, is_device, launch, result
+from ._runtime import THREADS_1D, as_device, blocks, empty, flat, is_device, launch, result, to_device, to_host
 from .kernels import BN_ALT, BN_STAGED, BN_TEST
 from .reductions import channel_sums
 
@@ -20,7 +20,7 @@ def _running_stats(bn_param, C, dtype, host):
     stats = []
     for key in ("running_mean", "running_var"):
         if bn_param.get(key) is None:
-            bn_param[key] = np.zeros(C, dtype=dtype) if host else cuda.to_device(np.zeros(C, dtype=dtype))
+            bn_param[key] = np.zeros(C, dtype=dtype) if host else to_device(np.zeros(C, dtype=dtype))
         stats.append(as_device(bn_param[key], dtype))
     return stats
 
@@ -40,8 +40,8 @@ def _forward(x, gamma, beta, bn_param, spatial):
         launch("bn_running_update", dtype, c_threads, THREADS_1D, running_mean, running_var, mean, var,
                float(momentum), float(1 - momentum), C)
         if host:
-            bn_param["running_mean"] = running_mean.copy_to_host()
-            bn_param["running_var"] = running_var.copy_to_host()
+            bn_param["running_mean"] = to_host(running_mean)
+            bn_param["running_var"] = to_host(running_var)
         else:
             bn_param["running_mean"], bn_param["running_var"] = running_mean, running_var
     else:

@@ -1,7 +1,7 @@
 import numpy as np
 
 from ..checks import softmax_inputs
-from ._runtime import THREADS_1D, as_device, blocks, cuda, empty, flat, is_device, launch, result
+from ._runtime import THREADS_1D, as_device, blocks, empty, flat, is_device, launch, result, to_device, to_host
 
 
 def softmax_loss(x, y):
@@ -11,12 +11,12 @@ def softmax_loss(x, y):
     dx stays on the device when x is a device array (the loss is always a float).
     """
     if is_device(y):   # labels are validated on the host (they are small)
-        y = y.copy_to_host()
+        y = to_host(y)
     N, C = softmax_inputs(x, y)
     dtype = np.dtype(x.dtype)
     xd = as_device(x)
-    yd = cuda.to_device(np.ascontiguousarray(y, dtype=np.int64))
+    yd = to_device(np.ascontiguousarray(y, dtype=np.int64))
     dx, rows = empty((N, C), dtype), empty((N,), dtype)
     launch("softmax_loss_rows", dtype, blocks(N, THREADS_1D), THREADS_1D, flat(xd), yd, flat(dx), rows, N, C)
-    loss = float(rows.copy_to_host().sum() / dtype.type(N))
+    loss = float(to_host(rows).sum() / dtype.type(N))
     return loss, result(dx, not is_device(x))
