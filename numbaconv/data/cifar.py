@@ -1,12 +1,15 @@
 """CIFAR-10 (python version) -> our HDF5 layout, from an archive, a folder or a URL.
 
-Safety: the batches are pickles, and unpickling runs whatever callables the file
-names. ``SafeUnpickler`` resolves only the NumPy array reconstructors the format
-needs; every other global is refused, so a downloaded file cannot run code. Tar
-members are read into memory (``extractfile``), never extracted to disk, so member
-names such as ``../../x`` cannot write anywhere. Output goes through
-``store.write_h5`` (temporary file + rename), so a failure leaves nothing that
-looks like a finished dataset.
+Safety: the batches are pickles. They are read by ``safe_pickle.loads``, which never
+builds a NumPy object from the stream: the NumPy globals resolve to inert stand-ins that
+accept only plain integer arrays, and the arrays are made afterwards by ``np.frombuffer``
+once their sizes check out; any other global or object-creating opcode is refused. Tar
+members are read into memory (``extractfile``), never extracted to disk, so member names
+such as ``../../x`` cannot write anywhere. Compressed archives are decompressed to their
+end, so the gzip CRC-32 and length trailer (or the bzip2 / xz checks) are verified before
+anything is written. Output goes through ``store.write_h5`` (temporary file + rename) under
+an exclusive lock on the output, so a failure or Ctrl-C leaves nothing that looks like a
+finished dataset.
 """
 from __future__ import annotations
 
@@ -14,7 +17,6 @@ import hashlib
 import http.client
 import io
 import os
-import pickle
 import posixpath
 import tarfile
 import time
@@ -27,6 +29,8 @@ from typing import Callable, NamedTuple
 
 import numpy as np
 
+from . import safe_pickle
+from .safe_pickle import RefusedPickle
 from .store import DatasetError, Split, check_split, temp_path, write_h5
 
 OFFICIAL_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
@@ -65,46 +69,11 @@ class ImportResult(NamedTuple):
 
 # --------------------------------------------------------------------------- restricted unpickling
 
-# The only globals a CIFAR-10 batch needs: NumPy's array reconstruction (numpy 1 and 2 module names).
-_ALLOWED_GLOBALS = {
-    ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-    ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
-    ("numpy", "ndarray"), ("numpy", "dtype"),
-}
-
-
-
-
-class RefusedGlobal(pickle.UnpicklingError):
-    """The pickle names a callable outside the allow-list."""
-
-
-def _latin1_encode(text, encoding="latin1"):
-    """Python 3 writes bytes into protocol-2 pickles as _codecs.encode(text, 'latin1'); this stands in
-    for that global and does nothing else."""
-    if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
-        raise RefusedGlobal(f"refused _codecs.encode({type(text).__name__}, {encoding!r}): only the "
-                                     f"latin1 form that pickles bytes is allowed")
-    return text.encode("latin1")
-
-
-class SafeUnpickler(pickle.Unpickler):
-    """Unpickler that builds only NumPy arrays, lists, dicts, tuples, bytes, str and numbers."""
-
-    def find_class(self, module: str, name: str):
-        if (module, name) in _ALLOWED_GLOBALS:
-            return super().find_class(module, name)
-        if (module, name) == ("_codecs", "encode"):
-            return _latin1_encode
-        raise RefusedGlobal(f"refused pickle global {module}.{name} "
-                                     f"(only NumPy arrays, lists, dicts, bytes and numbers are allowed)")
-
-
 def safe_loads(data: bytes, where: str):
-    """Unpickle ``data`` with ``SafeUnpickler`` (Python 2 pickles: encoding='bytes')."""
+    """Unpickle ``data`` with ``safe_pickle.loads`` (inert stand-ins, arrays by np.frombuffer)."""
     try:
-        return SafeUnpickler(io.BytesIO(data), encoding="bytes").load()
-    except RefusedGlobal as e:
+        return safe_pickle.loads(data)
+    except RefusedPickle as e:
         raise DatasetError(f"{where}: {e}") from None
     except Exception as e:  # truncated or garbled pickles fail in many ways
         raise DatasetError(f"{where} is not a valid CIFAR-10 pickle ({type(e).__name__}: {e})") from None
@@ -123,12 +92,14 @@ def parse_batch(data: bytes, where: str) -> Split:
     if not isinstance(x, np.ndarray) or x.dtype != np.uint8 or x.ndim != 2 or x.shape[1] != 3 * 32 * 32:
         raise DatasetError(f"{where}: 'data' must be a uint8 array of shape (n, 3072), got "
                            f"{getattr(x, 'dtype', type(x).__name__)} {getattr(x, 'shape', '')}")
-    try:
-        y = np.asarray(labels)
-    except Exception:
-        raise DatasetError(f"{where}: 'labels' is not a list of integers") from None
-    if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer):
-        raise DatasetError(f"{where}: 'labels' must be a flat list of integers, got {y.dtype} {y.shape}")
+    if isinstance(labels, (list, tuple)) and all(type(v) is int for v in labels):
+        if labels and not -2**63 <= min(labels) <= max(labels) < 2**63:
+            raise DatasetError(f"{where}: 'labels' must be in [0, {len(CLASS_NAMES)}), got a value beyond 64 bits")
+        y = np.array(labels, dtype=np.int64).reshape(-1)
+    elif isinstance(labels, np.ndarray) and labels.ndim == 1:  # an integer array (safe_pickle allows no other)
+        y = labels
+    else:
+        raise DatasetError(f"{where}: 'labels' must be a flat list of integers, got {type(labels).__name__}")
     # Rows are 1024 red, 1024 green, 1024 blue values, each a 32x32 image in row-major order.
     return check_split(where, x.reshape(-1, 3, 32, 32), y, len(CLASS_NAMES), where)
 
