@@ -13,7 +13,8 @@ frees an attacker-chosen pointer: a segmentation fault, or worse). So here:
   objects that record and check their arguments), never to NumPy: ``numpy.dtype`` accepts only
   the plain integer types (``u1``, ``i1`` ... ``u8``, ``i8``) and their one valid state,
   ``_reconstruct``/BUILD and ``_frombuffer`` record a shape, a dtype and a byte string,
-  ``scalar`` gives a Python int, ``_codecs.encode`` only turns a latin-1 str into bytes;
+  ``scalar`` gives a Python int, ``_codecs.encode`` only turns a latin-1 str into bytes and
+  ``bytes`` only makes ``b''`` (how Python 3 writes bytes at protocol 2);
 * only after the stream has been read are arrays made, by ``np.frombuffer`` on those bytes,
   once the byte count equals shape x item size.
 
@@ -177,7 +178,15 @@ def _latin1_encode(text, encoding="latin1") -> bytes:
     return text.encode("latin1")
 
 
-_GLOBALS = {("_codecs", "encode"): _latin1_encode, ("numpy", "dtype"): _dtype, ("numpy", "ndarray"): _NDARRAY}
+def _empty_bytes(*args) -> bytes:
+    # ... and an empty bytes object as __builtin__.bytes() (e.g. the data of an empty array).
+    if args:
+        raise RefusedPickle("bytes() is only allowed without arguments (how Python 3 pickles b'')")
+    return b""
+
+
+_GLOBALS = {("_codecs", "encode"): _latin1_encode, ("__builtin__", "bytes"): _empty_bytes,
+            ("builtins", "bytes"): _empty_bytes, ("numpy", "dtype"): _dtype, ("numpy", "ndarray"): _NDARRAY}
 for _core in ("numpy.core", "numpy._core"):
     _GLOBALS.update({(f"{_core}.multiarray", "_reconstruct"): _reconstruct,
                      (f"{_core}.multiarray", "scalar"): _scalar,
