@@ -96,6 +96,11 @@ import re
 import numpy as np
 from numba import cuda
 from numbaconv.cuda import kernels
+import numba.cuda.dispatcher
+# numba-cuda compiles the device functions a kernel calls (kernels.device_function)
+# for the current device's compute capability, which needs a driver; there is none
+# here, so it is told the capability the kernels are compiled for.
+numba.cuda.dispatcher.get_current_device = lambda: type("Device", (), {"compute_capability": (9, 0)})()
 f64_maths = re.compile(r"\b(?:add|sub|mul|fma|div|sqrt|ex2|lg2|max|min|neg)\.[a-z.]*f64\b")
 compiled = 0
 for name in kernels.KERNELS:
@@ -120,9 +125,10 @@ def test_every_kernel_compiles_to_ptx_for_sm90():
 
 def test_no_kernel_escapes_the_registry():
     # Kernels are compiled in one place only (kernels.get_kernel), so the PTX test
-    # above sees every kernel the backend can launch.
+    # above sees every kernel the backend can launch; kernels.device_function makes
+    # helpers, compiled inside the kernels that call them.
     for path in (REPO / "numbaconv" / "cuda").glob("*.py"):
-        hits = re.findall(r"cuda\.jit\b", path.read_text())
+        hits = re.findall(r"cuda\.jit\b(?!\(device=True)", path.read_text())
         assert len(hits) == (1 if path.name == "kernels.py" else 0), path.name
 
 

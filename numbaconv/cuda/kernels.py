@@ -29,7 +29,7 @@ from typing import Callable, NamedTuple
 import numpy as np
 from numba import types
 
-from ._runtime import cuda
+from ._runtime import SIMULATOR, cuda
 
 TILE = 16            # conv / matmul tiles: TILE x TILE threads, two TILE x TILE shared tiles
 RED_THREADS = 1024   # shared slots of the block reductions (block size: power of two <= this)
@@ -51,6 +51,13 @@ def kernel(name: str, args: str, shared_elems: int = 0):
         KERNELS[name] = KernelSpec(make, args, shared_elems)
         return make
     return register
+
+
+def device_function(fn):
+    """A helper that kernels call, compiled with them (no registry entry of its own:
+    the PTX test compiles it inside each kernel that uses it). Inlined at the NVVM
+    level on a GPU, as if written in place; the simulator has no such option."""
+    return cuda.jit(device=True, **({} if SIMULATOR else {"forceinline": True}))(fn)
 
 
 _NB_DTYPES = {np.dtype(np.float32): types.float32, np.dtype(np.float64): types.float64}
@@ -118,6 +125,22 @@ BLOCK_F = TILE * REG
 BLOCK_COLS = TILE * REG
 
 
+@device_function
+def tile_product(a_tile, b_tile, acc, a_reg, b_reg, ty, tx):
+    # The register-tiled inner loop of conv forward and dw: thread (ty, tx) adds
+    # acc[a, q] += sum over kk of a_tile[kk, ty + TILE*a] * b_tile[kk, tx + TILE*q]
+    # for its REG x REG outputs, reading 2*REG shared values per REG*REG multiply-adds.
+    # The register arrays come from the caller (their dtype is fixed per kernel).
+    for kk in range(TILE):
+        for a in range(REG):
+            a_reg[a] = a_tile[kk, ty + TILE * a]
+        for q in range(REG):
+            b_reg[q] = b_tile[kk, tx + TILE * q]
+        for a in range(REG):
+            for q in range(REG):
+                acc[a, q] += a_reg[a] * b_reg[q]
+
+
 @kernel("conv_forward", "AAAAiiiiiiiiiiii", shared_elems=2 * TILE * BLOCK_F)
 def _make_conv_forward(dt):
     def conv_forward(x, w, b, out, has_bias, N, C, H, W, F, HH, WW, stride, pad, Ho, Wo):
@@ -178,14 +201,7 @@ def _make_conv_forward(dt):
                             v = x[xbase + (c * H + h) * W + ww]   # coalesced along columns
                     x_tile[kk, x_cl] = v
                 cuda.syncthreads()
-                for kk in range(TILE):
-                    for a in range(REG):
-                        w_reg[a] = w_tile[kk, ty + TILE * a]
-                    for q in range(REG):
-                        x_reg[q] = x_tile[kk, tx + TILE * q]
-                    for a in range(REG):
-                        for q in range(REG):
-                            acc[a, q] += w_reg[a] * x_reg[q]
+                tile_product(w_tile, x_tile, acc, w_reg, x_reg, ty, tx)
                 cuda.syncthreads()
             for a in range(REG):
                 f = f0 + ty + TILE * a
@@ -277,14 +293,7 @@ def _make_conv_backward_dw(dt):
                             v = x[((n * C + c) * H + h) * W + ww]
                     x_tile[rl, x_kl] = v
                 cuda.syncthreads()
-                for rl in range(TILE):
-                    for a in range(REG):
-                        d_reg[a] = d_tile[rl, ty + TILE * a]
-                    for q in range(REG):
-                        x_reg[q] = x_tile[rl, tx + TILE * q]
-                    for a in range(REG):
-                        for q in range(REG):
-                            acc[a, q] += d_reg[a] * x_reg[q]
+                tile_product(d_tile, x_tile, acc, d_reg, x_reg, ty, tx)
                 cuda.syncthreads()
             for a in range(REG):
                 f = f0 + ty + TILE * a
