@@ -13,6 +13,8 @@ finished dataset.
 """
 from __future__ import annotations
 
+import bz2
+import gzip
 import hashlib
 import http.client
 import io
@@ -31,10 +33,14 @@ import numpy as np
 
 from . import safe_pickle
 from .safe_pickle import RefusedPickle
-from .store import DatasetError, Split, check_split, temp_path, write_h5
+from ..files import (DeferredInterrupt, LockedError, check_writable_folder, exclusive_lock, is_disk_full,
+                     remove_stale_temporaries, temp_name)
+from .store import DatasetError, Split, check_split, write_h5
 
 OFFICIAL_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 OFFICIAL_MD5 = "c58f30108f718f92721af3b95e74349a"
+OFFICIAL_NAME = "cifar-10-python.tar.gz"
+OFFICIAL_SIZE = 170498071  # bytes
 CLASS_NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 TRAIN_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))
 TEST_BATCH = "test_batch"
@@ -175,8 +181,26 @@ def _tar_members(tar: tarfile.TarFile, where: str):
         yield m.name, (lambda m=m: tar.extractfile(m).read())
 
 
+def _decompressing(raw: io.RawIOBase):
+    """A reader of the tar stream inside ``raw``: gzip, bzip2 and xz are recognised by their magic
+    bytes and decompressed with the modules that check the stream's own checksums (gzip: CRC-32 and
+    length trailer) when it is read to its end; anything else is read as a plain tar."""
+    buffered = io.BufferedReader(raw, _CHUNK)
+    head = buffered.peek(6)[:6]
+    if head.startswith(b"\x1f\x8b"):
+        return gzip.GzipFile(fileobj=buffered, mode="rb")
+    if head.startswith(b"BZh"):
+        return bz2.BZ2File(buffered)
+    if head.startswith(b"\xfd7zXZ\x00") and _LZMA_ERRORS:
+        return lzma.LZMAFile(buffered)
+    return buffered
+
+
 def read_archive(path: Path, progress: Progress | None = None, want_md5: bool = False):
-    """Parse a (possibly compressed) tar archive; returns (batches, names, sha256, md5 or None)."""
+    """Parse a (possibly compressed) tar archive; returns (batches, names, sha256, md5 or None).
+
+    The compressed stream is read to its end, so a flipped bit (CRC) or a cut file (missing
+    trailer) is an error here, before anything is written."""
     where = str(path)
     try:
         f = open(path, "rb")
@@ -185,14 +209,17 @@ def read_archive(path: Path, progress: Progress | None = None, want_md5: bool = 
     with f:
         reader = _HashingReader(f, os.fstat(f.fileno()).st_size, progress, want_md5)
         try:
-            # Stream mode ("r|*"): one sequential pass, no seeking back through a gzip stream.
+            stream = _decompressing(reader)
+            # Stream mode ("r|"): one sequential pass, no seeking back through a compressed stream.
             # Opening reads the first header, so a file that is no (compressed) tar fails here.
-            tar = tarfile.open(fileobj=reader, mode="r|*")
+            tar = tarfile.open(fileobj=stream, mode="r|")
         except (tarfile.TarError, EOFError, zlib.error, OSError, *_LZMA_ERRORS) as e:
             raise DatasetError(f"{where} is not a tar archive (.tar, .tar.gz, .tar.bz2 or .tar.xz): {e}") from None
         try:
             with tar:
                 batches, names = _collect(_tar_members(tar, where), where)
+            while stream.read(_CHUNK):  # tar stops at its end marker; the checksums are at the very end
+                pass
             reader.drain()
         except (tarfile.TarError, EOFError, zlib.error, OSError, *_LZMA_ERRORS) as e:
             raise DatasetError(f"{where} is truncated or corrupt: {e}") from None
@@ -227,12 +254,17 @@ def read_folder(path: Path, progress: Progress | None = None):
     return batches, names, sha.hexdigest()
 
 
+def offline_hint() -> str:
+    return (f"without internet access here, download {OFFICIAL_NAME} on another machine ({OFFICIAL_URL}) "
+            f"and import it with --source PATH")
+
+
 def download(url: str, dest_dir: Path, progress: Progress | None = None) -> tuple[Path, str, str]:
     """Download ``url`` to a temporary file in ``dest_dir``; returns (path, md5, sha256).
 
     The caller deletes the file. On any failure the partial file is removed."""
     dest_dir.mkdir(parents=True, exist_ok=True)
-    tmp = temp_path(dest_dir / posixpath.basename(urllib.parse.urlsplit(url).path or "download"))
+    tmp = temp_name(dest_dir / (posixpath.basename(urllib.parse.urlsplit(url).path) or "download"))
     md5, sha = hashlib.md5(usedforsecurity=False), hashlib.sha256()
     try:
         with open(tmp, "xb") as out:
@@ -249,13 +281,17 @@ def download(url: str, dest_dir: Path, progress: Progress | None = None) -> tupl
                         if progress:
                             progress("download", done, total)
             except urllib.error.HTTPError as e:
-                raise DatasetError(f"download of {url} failed: HTTP {e.code} {e.reason}") from None
+                raise DatasetError(f"download of {url} failed: HTTP {e.code} {e.reason}; {offline_hint()}") from None
             except urllib.error.URLError as e:
-                raise DatasetError(f"cannot download {url}: {e.reason}") from None
-            except (OSError, http.client.HTTPException) as e:  # timeouts, resets, IncompleteRead
-                raise DatasetError(f"download of {url} was interrupted: {type(e).__name__}: {e}") from None
+                raise DatasetError(f"cannot download {url}: {e.reason}; {offline_hint()}") from None
+            except (OSError, http.client.HTTPException) as e:  # timeouts, resets, IncompleteRead, a full disk
+                if is_disk_full(e):
+                    raise DatasetError(f"no space left in {dest_dir} for the download of {url}; free some "
+                                       f"space or choose another --out") from None
+                raise DatasetError(f"download of {url} was interrupted: {type(e).__name__}: {e}; "
+                                   f"{offline_hint()}") from None
             if total is not None and done != total:
-                raise DatasetError(f"download of {url} is truncated: got {done} of {total} bytes")
+                raise DatasetError(f"download of {url} is truncated: got {done} of {total} bytes; {offline_hint()}")
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -276,27 +312,71 @@ def import_cifar10(source: str | os.PathLike | None = None, out: str | os.PathLi
 
     ``source``: None downloads the official archive and checks its MD5; an ``http(s)://`` URL
     is downloaded (MD5 checked only when ``md5`` is given); a local ``.tar[.gz]`` archive or an
-    extracted ``cifar-10-batches-py`` folder is read in place. An archive without ``test_batch``
-    gives a train-only file (said in ``notes``). Any problem raises one ``DatasetError``.
+    extracted ``cifar-10-batches-py`` folder is read in place (a local archive whose MD5 is the
+    official one is recorded as verified; one named and sized like the official archive but with
+    another MD5 is refused as corrupt). An archive without ``test_batch`` gives a train-only file
+    (said in ``notes``). Any problem raises one ``DatasetError``; nothing is left behind.
+
+    The output is locked for the import (a second import to it fails at once), stale temporaries
+    of killed imports in its folder are removed, and Ctrl-C is held until a safe point, where it
+    raises ``KeyboardInterrupt`` with no output written.
     """
-    try:
-        return _import(source, out, md5, overwrite, progress)
-    except OSError as e:  # what the specific handlers did not explain: permissions, full disk, ...
-        where = f"{e.filename}: " if e.filename else ""
-        raise DatasetError(f"{where}{e.strerror or e}") from None
-
-
-def _import(source, out, md5, overwrite, progress) -> ImportResult:
     from . import data_home
 
-    start = time.perf_counter()
     out = Path(out) if out is not None else data_home() / "cifar10.h5"
-    if out.is_dir():
-        raise DatasetError(f"--out {out} is a folder; give a file name such as {out / 'cifar10.h5'}")
+    created: list = []
+    try:
+        if out.is_dir():
+            raise DatasetError(f"--out {out} is a folder; give a file name such as {out / 'cifar10.h5'}")
+        if md5 is not None and (len(md5) != 32 or any(c not in "0123456789abcdefABCDEF" for c in md5)):
+            raise DatasetError(f"--md5 must be 32 hexadecimal digits, got {md5!r}")
+        if source is not None and "://" not in str(source) and out.exists() and \
+                Path(source).expanduser().resolve() == out.resolve():
+            raise DatasetError(f"--out {out} is the --source itself; write the HDF5 file elsewhere")
+        check_writable_folder(out.parent, "output folder")
+        created = _make_folders(out.parent)
+        with exclusive_lock(out, f"--out {out}"), DeferredInterrupt() as guard:
+            remove_stale_temporaries(out.parent)
+
+            def checked(task, done, total):  # every progress call is a safe point for Ctrl-C
+                guard.check()
+                if progress:
+                    progress(task, done, total)
+
+            return _import(source, out, md5, overwrite, checked, guard.check)
+    except BaseException as e:
+        for folder in reversed(created):  # folders this import made, if they stayed empty
+            try:
+                folder.rmdir()
+            except OSError:
+                break
+        if isinstance(e, OSError):  # what the specific handlers did not explain: permissions, full disk, ...
+            where = f"{e.filename}: " if e.filename else ""
+            if is_disk_full(e):
+                raise DatasetError(f"{where}no space left on the device; free some space or choose another "
+                                   f"--out") from None
+            raise DatasetError(f"{where}{e.strerror or e}") from None
+        if isinstance(e, ValueError) and not isinstance(e, DatasetError):  # files.py: locked, not writable
+            raise DatasetError(str(e)) from None
+        raise
+
+
+def _make_folders(folder: Path) -> list:
+    """mkdir -p ``folder``; returns the folders it created, outermost first."""
+    missing = []
+    while not folder.exists():
+        missing.append(folder)
+        folder = folder.parent
+    missing.reverse()
+    for m in missing:
+        m.mkdir(exist_ok=True)
+    return missing
+
+
+def _import(source, out: Path, md5, overwrite, progress: Progress, check) -> ImportResult:
+    start = time.perf_counter()
     if out.exists() and not overwrite:
         raise DatasetError(f"{out} already exists (use --force to replace it)")
-    if md5 is not None and (len(md5) != 32 or any(c not in "0123456789abcdefABCDEF" for c in md5)):
-        raise DatasetError(f"--md5 must be 32 hexadecimal digits, got {md5!r}")
 
     notes: list = []
     if source is None:
@@ -325,10 +405,15 @@ def _import(source, out, md5, overwrite, progress) -> ImportResult:
             batches, names, sha = read_folder(path, progress)
         elif path.is_file():
             kind = "archive"
-            batches, names, sha, got_md5 = read_archive(path, progress, want_md5=md5 is not None)
+            batches, names, sha, got_md5 = read_archive(path, progress, want_md5=True)
             if md5 is not None:
                 _check_md5(got_md5, md5, str(path))
                 verified = md5.lower()
+            elif got_md5 == OFFICIAL_MD5:
+                verified = OFFICIAL_MD5
+            elif path.name == OFFICIAL_NAME and path.stat().st_size == OFFICIAL_SIZE:
+                raise DatasetError(f"{path} has the official archive's name and size but not its MD5 "
+                                   f"({got_md5}, expected {OFFICIAL_MD5}): it is corrupt; download it again")
         else:
             raise DatasetError(f"source {source} does not exist (give an archive, a cifar-10-batches-py "
                                f"folder or an http(s) URL)")
@@ -353,9 +438,12 @@ def _import(source, out, md5, overwrite, progress) -> ImportResult:
     if verified:
         attrs["source_md5"] = verified
     try:
-        size = write_h5(out, splits, names, attrs,
-                        progress=(lambda d, t: progress("write", d, t)) if progress else None)
+        size = write_h5(out, splits, names, attrs, progress=lambda d, t: progress("write", d, t), check=check)
     except OSError as e:
+        if is_disk_full(e):
+            need = sum(s.images.nbytes + s.labels.nbytes for s in splits.values())
+            raise DatasetError(f"no space left to write {out} (it needs about {need / 2**20:,.0f} MiB in "
+                               f"{out.parent}); free some space or choose another --out") from None
         raise DatasetError(f"cannot write {out}: {e.strerror or e}") from None
     return ImportResult(out, source, kind, sha, verified, len(train.images),
                         len(splits["test"].images) if "test" in splits else 0, size,

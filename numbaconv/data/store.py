@@ -14,12 +14,13 @@ half-written file under the final name.
 from __future__ import annotations
 
 import os
-import secrets
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, NamedTuple
 
 import numpy as np
+
+from ..files import temp_name
 
 FORMAT = "numbaconv-images"
 FORMAT_VERSION = 1
@@ -55,23 +56,21 @@ def check_split(name: str, images: np.ndarray, labels: np.ndarray, num_classes: 
     return Split(images, labels.astype(np.int64, copy=False))
 
 
-def temp_path(path: Path) -> Path:
-    """A fresh hidden name next to ``path`` (same filesystem, so the final rename is atomic).
-    Created by the writer with the default permissions, unlike mkstemp's 0600."""
-    return path.parent / f".{path.name}.{secrets.token_hex(6)}.part"
-
-
 def write_h5(path: Path, splits: dict, class_names: list, attrs: dict,
-             progress: Callable[[int, int], None] | None = None) -> int:
+             progress: Callable[[int, int], None] | None = None,
+             check: Callable[[], None] | None = None) -> int:
     """Write ``splits`` ({name: Split}) to ``path`` atomically; returns its size in bytes.
 
-    ``progress(done_images, total_images)`` is called as the images are written.
+    ``progress(done_images, total_images)`` is called as the images are written; ``check()``, if
+    given, once more after the file is closed and before it is renamed into place (a last chance to
+    stop, e.g. on a deferred Ctrl-C). The temporary name carries our PID (``files.temp_name``), so
+    what a killed writer leaves is removed by ``files.remove_stale_temporaries``.
     """
     import h5py
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temp_path(path)
+    tmp = temp_name(path)
     total = sum(len(s.images) for s in splits.values())
     done = 0
     try:
@@ -92,6 +91,8 @@ def write_h5(path: Path, splits: dict, class_names: list, attrs: dict,
                     done += len(split.images[i:i + step])
                     if progress:
                         progress(done, total)
+        if check:
+            check()
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -117,6 +118,7 @@ def _open_h5(path: Path):
                 for member in ("images", "labels") if name in f else ():
                     if member not in f[name]:
                         raise DatasetError(f"{path}: /{name}/{member} is missing")
+            _check_header(f, path)
             yield f
     except DatasetError:
         raise
@@ -124,6 +126,60 @@ def _open_h5(path: Path):
         # h5py reports truncated or non-HDF5 files as OSError with a long multi-line text.
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise DatasetError(f"{path} is not a readable HDF5 dataset (corrupt or truncated?): {first}") from None
+
+
+# A chunked (compressed) dataset may declare at most this many times the bytes it stores: real
+# images compress 1-3x, so a small file that declares terabytes is refused before anything is read.
+MAX_EXPANSION = 100
+
+
+def _physical_memory() -> int | None:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def _check_header(f, path: Path) -> None:
+    """Shapes, dtypes and sizes from the header alone, against each other, the file and the memory,
+    so that no read allocates what a forged or truncated header declares."""
+    import h5py
+
+    file_size = path.stat().st_size
+    total = 0
+    for name in SPLITS:
+        if name not in f:
+            continue
+        images, labels = f[name]["images"], f[name]["labels"]
+        for member, ds in (("images", images), ("labels", labels)):
+            if not isinstance(ds, h5py.Dataset):
+                raise DatasetError(f"{path}: /{name}/{member} is not a dataset")
+        if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1] != 3 or min(images.shape[2:]) < 1:
+            raise DatasetError(f"{path}: {name} images must be uint8 (N, 3, H, W), got {images.dtype} {images.shape}")
+        if labels.ndim != 1 or labels.shape[0] != images.shape[0]:
+            raise DatasetError(f"{path}: {name} has {images.shape[0]} images but labels of shape {labels.shape}")
+        if labels.dtype.kind not in "iu":
+            raise DatasetError(f"{path}: {name} labels must be integers, got {labels.dtype}")
+        for member, ds in (("images", images), ("labels", labels)):
+            declared = int(np.prod(ds.shape, dtype=object)) * ds.dtype.itemsize
+            if declared == 0:
+                continue
+            what = f"{path}: /{name}/{member} declares {ds.shape} {ds.dtype} ({declared:,} bytes)"
+            if ds.chunks is None:  # contiguous: the bytes must all lie inside the file
+                offset = ds.id.get_offset()
+                if offset is None or offset + declared > file_size:
+                    raise DatasetError(f"{what} but the {file_size:,}-byte file does not hold them "
+                                       f"(truncated or forged header)")
+            else:
+                stored = ds.id.get_storage_size()
+                if stored > file_size or declared > MAX_EXPANSION * stored:
+                    raise DatasetError(f"{what} but stores only {stored:,} bytes in a {file_size:,}-byte file "
+                                       f"(forged header, or more than {MAX_EXPANSION}x compression)")
+            total += declared
+    memory = _physical_memory()
+    if memory and total > memory:
+        raise DatasetError(f"{path} declares {total / 2**30:,.1f} GiB of images and labels, more than this "
+                           f"machine's {memory / 2**30:,.1f} GiB of memory")
 
 
 def _attrs(f) -> tuple[list, dict]:
