@@ -1,6 +1,7 @@
 """`numbaconv datasets ...`: import CIFAR-10 into the data home, list and inspect datasets."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Optional
 
@@ -53,13 +54,17 @@ def cifar10(
         None, "--source", help="A local cifar-10-python.tar.gz (or any .tar[.gz] of the same layout), an "
         "extracted cifar-10-batches-py folder, or an http(s) URL. Default: download the official archive "
         "and verify its MD5."),
-    out: Optional[Path] = typer.Option(None, "--out", help="HDF5 file to write. Default: <data home>/cifar10.h5."),
-    md5: Optional[str] = typer.Option(None, "--md5", help="Expected MD5 of the archive or download "
-                                      "(checked by default only for the official download)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="HDF5 file to write. Default: cifar10.h5 in the data "
+                                       "home ($NUMBACONV_DATA, else datasets/ of the working copy)."),
+    md5: Optional[str] = typer.Option(None, "--md5", help="Expected MD5 of the archive or download. Without "
+                                      "it, the official download, and a local file with the official name and "
+                                      "size, must have the official MD5."),
     force: bool = typer.Option(False, "--force", help="Replace an existing output file."),
 ) -> None:
     """Convert CIFAR-10 (python version) to HDF5: /train/images uint8 (N,3,32,32), /train/labels,
-    /test/... when the source has test_batch; the source and its SHA-256 are kept as attributes."""
+    /test/... when the source has test_batch; the source and its SHA-256 are kept as attributes.
+    Offline? Download cifar-10-python.tar.gz elsewhere and pass it with --source. Ctrl-C stops
+    the import (exit code 130) and leaves no output file."""
     from numbaconv.data import DatasetError
     from numbaconv.data.cifar import import_cifar10
 
@@ -70,6 +75,8 @@ def cifar10(
             result = import_cifar10(source, out, md5=md5, overwrite=force, progress=_Bars(progress))
     except DatasetError as e:
         raise fail(str(e)) from None
+    except KeyboardInterrupt:
+        raise fail("interrupted: the import stopped and wrote nothing", code=130) from None
     for note in result.notes:
         console.print(f"[yellow]note:[/] {note}", highlight=False)
     test = f"{result.num_test:,} test images" if result.num_test else "no test split"
@@ -86,14 +93,26 @@ def list_datasets() -> None:
     from numbaconv.data.store import describe_h5
 
     home = data_home()
+    if home.exists() and not home.is_dir():
+        raise fail(f"the data home {home} is a file, not a folder; move it away or set NUMBACONV_DATA")
     table = Table(title=f"datasets in {home}")
     for col in ("name", "train", "test", "size", "source"):
         table.add_column(col, justify="right" if col in ("train", "test", "size") else "left")
     table.add_row("synthetic", "built-in", "1,000", "-", "generated on the fly (numbaconv.data.synthetic)")
-    for path in sorted(home.glob("*.h5")) if home.is_dir() else []:
-        size = f"{path.stat().st_size / 2**20:.1f} MiB"
+    try:
+        paths = sorted(home.glob("*.h5")) if home.is_dir() else []
+    except OSError as e:
+        raise fail(f"cannot list the data home {home}: {e.strerror}") from None
+    for path in paths:
+        if path.is_symlink() and not path.exists():
+            table.add_row(path.stem, "-", "-", "-", f"[red]dangling link to {os.readlink(path)}: remove it[/]")
+            continue
         try:
+            size = f"{path.stat().st_size / 2**20:.1f} MiB"
             d = describe_h5(path)
+        except OSError as e:
+            table.add_row(path.stem, "-", "-", "-", f"[red]unreadable: {e.strerror}[/]")
+            continue
         except DatasetError as e:
             table.add_row(path.stem, "-", "-", size, f"[red]unreadable: {e}[/]")
             continue

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from .preprocess import channel_stats, preprocess
-from .store import DatasetError, read_h5
+from .store import DatasetError, describe_h5, read_h5
 from .synthetic import CLASS_NAMES as SYNTHETIC_CLASS_NAMES
 from .synthetic import synthetic_images, synthetic_test_images
 
@@ -29,6 +29,9 @@ __all__ = ["Dataset", "DatasetError", "load_dataset", "preprocess", "synthetic_i
 # images come on top), and the size of its test split.
 SYNTHETIC_NUM_TRAIN = 4000
 SYNTHETIC_TEST_SIZE = 1000
+# Most training + validation images the synthetic set makes (CIFAR-10's 60,000; generating them
+# peaks at ~2 GB), so a mistyped size fails at once instead of filling the memory.
+SYNTHETIC_MAX_IMAGES = 60_000
 
 
 @dataclass
@@ -67,16 +70,33 @@ def _int_arg(name: str, value, minimum: int) -> int:
     return int(value)
 
 
+def _refuse_dangling(path: Path) -> None:
+    if path.is_symlink() and not path.exists():
+        raise DatasetError(f"{path} is a dangling symbolic link (to {os.readlink(path)}); remove it, or point it "
+                           f"at an existing file")
+
+
+def _check_sizes(num_val: int, num_train: int | None, available: int, source: str) -> None:
+    """The split sizes asked for against the training images there are, before anything is allocated."""
+    if num_val >= available:
+        raise ValueError(f"num_val={num_val} leaves no training images: {source} has {available} training images")
+    if num_train is not None and num_train > available - num_val:
+        raise ValueError(f"num_train={num_train} is more than the {available - num_val} training images left in "
+                         f"{source} after num_val={num_val} (it has {available})")
+
+
 def dataset_path(name_or_path: str, data_home: str | None = None) -> Path:
     """The HDF5 file behind a dataset name: "cifar10" -> <data_home>/cifar10.h5, else a path.
     Raises ``DatasetError`` (telling how to get it) when the file does not exist."""
     if name_or_path == "cifar10":
         path = (Path(data_home) if data_home else _default_data_home()) / "cifar10.h5"
+        _refuse_dangling(path)
         if not path.is_file():
             raise DatasetError(f"CIFAR-10 is not in the data home yet ({path} is missing); "
                                f"run `numbaconv datasets cifar10` to download and convert it")
         return path
     path = Path(name_or_path)
+    _refuse_dangling(path)
     if not path.is_file():
         raise DatasetError(f"unknown dataset {name_or_path!r}: not 'synthetic', 'cifar10' or an existing HDF5 file")
     return path
@@ -112,6 +132,8 @@ def load_dataset(name_or_path: str = "synthetic", num_val: int = 1000, num_train
 
     The last ``num_val`` training images become the validation split; ``num_train`` then keeps the first
     ``num_train`` of the rest. The mean (and std) come from those training images only.
+    Sizes beyond the data (or, for synthetic, beyond ``SYNTHETIC_MAX_IMAGES``) raise ``ValueError``
+    before anything is allocated; a file's header is checked before its images are read.
     """
     num_val = _int_arg("num_val", num_val, 0)
     if num_train is not None:
@@ -121,19 +143,21 @@ def load_dataset(name_or_path: str = "synthetic", num_val: int = 1000, num_train
 
     if name_or_path == "synthetic":
         total = num_val + (num_train if num_train is not None else SYNTHETIC_NUM_TRAIN)
+        if total > SYNTHETIC_MAX_IMAGES:
+            raise ValueError(f"num_val={num_val} and num_train={num_train or SYNTHETIC_NUM_TRAIN} ask for {total} "
+                             f"synthetic images; the synthetic set makes at most {SYNTHETIC_MAX_IMAGES:,}")
         images, labels = synthetic_images(total, seed)
         test = synthetic_test_images(SYNTHETIC_TEST_SIZE, seed)
         class_names, source = list(SYNTHETIC_CLASS_NAMES), "synthetic"
     else:
         path = dataset_path(name_or_path, data_home)
+        _check_sizes(num_val, num_train, describe_h5(path)["splits"]["train"], str(path))  # header only
         stored = read_h5(path)
         images, labels = stored.splits["train"]
         test = stored.splits.get("test")
         class_names, source = stored.class_names, str(path)
 
     n = len(images)
-    if num_val >= n:
-        raise ValueError(f"num_val={num_val} leaves no training images: {source} has {n} training images")
     X_tr, y_tr = images[:n - num_val], labels[:n - num_val]
     if num_train is not None:
         X_tr, y_tr = X_tr[:num_train], y_tr[:num_train]
