@@ -5,7 +5,8 @@ with ``register(app)``; this file only lists them.
 """
 import typer
 
-from .commands import bench, datasets, evaluate, experiment, gradcheck, plot, sweep, train, visualize
+from .commands import (bench, datasets, evaluate, experiment, export, gradcheck, plot, predict, show_data, sweep,
+                       train, visualize)
 
 app = typer.Typer(
     name="numbaconv",
@@ -23,7 +24,7 @@ def main() -> None:
     """numbaconv: build, check, benchmark and train convnets on CIFAR-10."""
 
 
-for module in (gradcheck, datasets, bench, train, evaluate, plot, visualize, experiment, sweep):
+for module in (gradcheck, datasets, bench, train, evaluate, predict, export, show_data, plot, visualize, experiment, sweep):
     module.register(app)
 
 

@@ -289,15 +289,22 @@ def load_checkpoint(path, backend: str | None = None) -> Checkpoint:
 def match_preprocessing(X, from_mean, from_std, to_mean, to_std):
     """Re-express images preprocessed as (raw - from_mean) / from_std (per channel;
     std None means 1) as (raw - to_mean) / to_std, so a model sees data exactly
-    as it was trained on, whatever split statistics the loader computed."""
-    dtype = X.dtype
+    as it was trained on, whatever split statistics the loader computed.
+
+    One affine map per channel, x * (from_std / to_std) + (from_mean - to_mean) / to_std,
+    computed in X's dtype: one output array, no float64 copies of the set."""
+    C = X.shape[1]
     def col(v):
-        return np.ones((1, X.shape[1], 1, 1)) if v is None else np.asarray(v, dtype=np.float64).reshape(1, -1, 1, 1)
+        return np.ones(C) if v is None else np.asarray(v, dtype=np.float64).reshape(-1)
     for name, v in (("from_mean", from_mean), ("from_std", from_std), ("to_mean", to_mean), ("to_std", to_std)):
-        if v is not None and np.asarray(v).size != X.shape[1]:
-            raise ValueError(f"{name} has {np.asarray(v).size} values but X has {X.shape[1]} channels")
-    raw = X * col(from_std) + col(from_mean)
-    return ((raw - col(to_mean)) / col(to_std)).astype(dtype)
+        if v is not None and np.asarray(v).size != C:
+            raise ValueError(f"{name} has {np.asarray(v).size} values but X has {C} channels")
+    scale = col(from_std) / col(to_std)
+    shift = (np.zeros(C) if from_mean is None else col(from_mean)) - (np.zeros(C) if to_mean is None else col(to_mean))
+    shift = shift / col(to_std)
+    out = X * scale.astype(X.dtype).reshape(1, C, 1, 1)
+    out += shift.astype(X.dtype).reshape(1, C, 1, 1)
+    return out
 
 
 # ------------------------------------------------------- data and run folders
@@ -318,10 +325,11 @@ SPLITS = ("train", "val", "test")
 
 def load_split_for(ck: Checkpoint, split: str = "test", dataset: str | None = None, num_val: int | None = None,
                    data_home=None):
-    """The images of ``split`` of ``dataset`` (default: the checkpoint's training
-    data) preprocessed exactly as the checkpoint's model was trained: with the
-    training run's mean/std, not the loaded set's. Returns (X, y, class_names, source)."""
-    from .data import load_dataset
+    """The raw uint8 images (N, 3, H, W) and int64 labels of ``split`` of ``dataset`` (default: the
+    checkpoint's training data), split as the training run split it (same num_val, num_train, seed).
+    Returns (images, labels, class_names, source). Preprocess them with the checkpoint's own mean/std,
+    batch by batch (``numbaconv.predict.evaluate``): the whole train split as float64 was ~7x the data."""
+    from .predict import raw_split
 
     if split not in SPLITS:
         raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
@@ -332,21 +340,12 @@ def load_split_for(ck: Checkpoint, split: str = "test", dataset: str | None = No
     same = dataset is None or dataset == info.get("name")
     if num_val is not None:
         nv = num_val
-    elif split == "test":  # the hold-out does not touch the test split (and preprocessing is redone below)
+    elif split == "test":  # the hold-out does not touch the test split
         nv = 0
     else:
         nv = info.get("num_val", 1000) if same else 1000
-    ds = load_dataset(name, num_val=nv, num_train=info.get("num_train") if same else None,
-                      normalize_std=bool(info.get("normalize_std", False)), dtype=ck.model.dtype,
-                      data_home=data_home, seed=int(info.get("seed", 0)) if same else 0)
-    X, y = {"train": (ds.X_train, ds.y_train), "val": (ds.X_val, ds.y_val), "test": (ds.X_test, ds.y_test)}[split]
-    if X is None:
-        raise ValueError(f"dataset {ds.source} has no {split} split; choose --split train or val")
-    if X.shape[0] == 0:
-        raise ValueError(f"the {split} split of {ds.source} is empty")
-    if "mean" in info:
-        X = match_preprocessing(X, ds.mean, ds.std, info["mean"], info.get("std"))
-    return X, y, ds.class_names, ds.source
+    return raw_split(name, split, nv, info.get("num_train") if same else None,
+                     int(info.get("seed", 0)) if same else 0, data_home)
 
 
 def write_run_files(run_dir, solver, data_info: dict, extra: dict | None = None, best: bool = True) -> None:

@@ -26,10 +26,13 @@ def _figure(size):
 
 
 def _save(fig, path) -> Path:
+    from .checkpoint import _atomic_write
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     # No bbox_inches="tight": it would change the pixel size the callers rely on.
-    fig.savefig(path, format="png", dpi=DPI)
+    # Written under a temporary name and renamed: an interrupted run leaves no half PNG.
+    _atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=DPI))
     return path
 
 
@@ -169,6 +172,115 @@ def plot_bn_lr(results: dict, path, title: str | None = None, size=(10, 8)) -> P
         ax.set_ylim(0, 1.02)
         ax.grid(alpha=0.3)
     axes[1, 1].legend(fontsize=6, ncol=2)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_confusion(counts, class_names, path, title: str | None = None, size=(8, 7)) -> Path:
+    """The confusion matrix counts[true, predicted] as a heat map with the counts written in,
+    each row's label carrying that class's recall (correct / images of the class)."""
+    counts = np.asarray(counts)
+    C = counts.shape[0]
+    if counts.ndim != 2 or counts.shape != (C, C) or len(class_names) != C:
+        raise ValueError(f"counts must be (C, C) with C = {len(class_names)} class names, got shape {counts.shape}")
+    totals = counts.sum(axis=1)
+    fig = _figure(size)
+    ax = fig.add_subplot(1, 1, 1)
+    frac = counts / np.maximum(totals, 1)[:, None]   # colour by row share: classes of any size compare
+    ax.imshow(frac, cmap="Blues", vmin=0, vmax=1)
+    for i in range(C):
+        for j in range(C):
+            if counts[i, j]:
+                ax.text(j, i, str(int(counts[i, j])), ha="center", va="center", fontsize=7 if C > 10 else 8,
+                        color="white" if frac[i, j] > 0.5 else "black")
+    recall = [f"{n} ({counts[i, i] / totals[i]:.0%})" if totals[i] else f"{n} (-)" for i, n in enumerate(class_names)]
+    ax.set_xticks(range(C), list(class_names), rotation=45, ha="right", fontsize=8)
+    ax.set_yticks(range(C), recall, fontsize=8)
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class (recall)")
+    ax.set_title(title or "confusion matrix")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def _nhwc(images) -> np.ndarray:
+    images = np.asarray(images)
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1] != 3:
+        raise ValueError(f"images must be uint8 (N, 3, H, W), got {images.dtype} {images.shape}")
+    return images.transpose(0, 2, 3, 1)
+
+
+def plot_examples(images, labels, class_names, path, per_class: int = 8, title: str | None = None) -> Path:
+    """Figure 1 of the report: a grid with one row per class (named on the left) of the first
+    ``per_class`` images of that class. ``images`` uint8 (N, 3, H, W), ``labels`` (N,)."""
+    if isinstance(per_class, bool) or not isinstance(per_class, (int, np.integer)) or per_class < 1:
+        raise ValueError(f"per_class must be a positive integer, got {per_class!r}")
+    pictures = _nhwc(images)
+    labels = np.asarray(labels)
+    C = len(class_names)
+    fig = _figure((1.6 + 0.8 * per_class, 0.3 + 0.8 * C))
+    axes = fig.subplots(C, per_class, squeeze=False)
+    for c in range(C):
+        idx = np.flatnonzero(labels == c)[:per_class]
+        for j in range(per_class):
+            ax = axes[c, j]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            for spine in ax.spines.values():
+                spine.set_visible(False)
+            if j < len(idx):
+                ax.imshow(pictures[idx[j]], interpolation="nearest")
+        axes[c, 0].set_ylabel(class_names[c], rotation=0, ha="right", va="center", fontsize=9)
+    if title:
+        fig.suptitle(title)
+    fig.subplots_adjust(left=1.5 / (1.6 + 0.8 * per_class), right=0.99, bottom=0.01,
+                        top=1 - 0.3 / (0.3 + 0.8 * C), wspace=0.05, hspace=0.05)
+    return _save(fig, path)
+
+
+SOBEL_X = np.array([[-1, 0, 1], [-2, 0, 2], [-1, 0, 1]], dtype=np.float64)
+LUMA = (0.299, 0.587, 0.114)   # ITU-R BT.601 weights of R, G, B
+
+
+def grayscale_and_edges(images, backend: str = "cpu"):
+    """Grayscale (N, H, W) in [0, 1] and Sobel edge magnitude (N, H, W) of uint8 (N, 3, H, W) images,
+    both computed with the backend's Conv layer: a 1x1 conv with the BT.601 luma weights, then a
+    3x3 conv (pad 1) with the Sobel x and y filters, magnitude sqrt(gx^2 + gy^2)."""
+    from .backends import get_backend
+
+    nb = get_backend(backend)
+    x = np.asarray(images)
+    if x.dtype != np.uint8 or x.ndim != 4 or x.shape[1] != 3:
+        raise ValueError(f"images must be uint8 (N, 3, H, W), got {x.dtype} {x.shape}")
+    x = x.astype(np.float32) / np.float32(255)
+    luma = np.array(LUMA, dtype=np.float32).reshape(1, 3, 1, 1)
+    gray, _ = nb.Conv.forward(x, luma, np.zeros(1, np.float32), {"stride": 1, "pad": 0})
+    sobel = np.stack([SOBEL_X, SOBEL_X.T])[:, None].astype(np.float32)
+    g, _ = nb.Conv.forward(np.ascontiguousarray(gray), sobel, np.zeros(2, np.float32), {"stride": 1, "pad": 1})
+    return gray[:, 0], np.sqrt(g[:, 0] ** 2 + g[:, 1] ** 2)
+
+
+def plot_features(images, names, path, backend: str = "cpu", title: str | None = None) -> Path:
+    """Figure 2 of the report: each image (columns, captioned with ``names``) in colour, in
+    grayscale and as its Sobel edge map (rows), computed by ``grayscale_and_edges``."""
+    pictures = _nhwc(images)
+    gray, edges = grayscale_and_edges(images, backend)
+    n = len(pictures)
+    fig = _figure((1.0 + 1.2 * n, 4.2))
+    axes = fig.subplots(3, n, squeeze=False)
+    for j in range(n):
+        top = edges[j].max()
+        for r, (img, kw) in enumerate(((pictures[j], {}), (gray[j], {"cmap": "gray", "vmin": 0, "vmax": 1}),
+                                       (edges[j], {"cmap": "gray", "vmin": 0, "vmax": top if top > 0 else 1}))):
+            ax = axes[r, j]
+            ax.imshow(img, interpolation="nearest", **kw)
+            ax.set_xticks([])
+            ax.set_yticks([])
+        axes[0, j].set_title(names[j], fontsize=8)
+    for r, label in enumerate(("colour", "grayscale", "Sobel edges")):
+        axes[r, 0].set_ylabel(label, fontsize=9)
     if title:
         fig.suptitle(title)
     fig.tight_layout()

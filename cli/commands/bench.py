@@ -9,6 +9,7 @@ from rich.table import Table
 
 from ..choices import DType
 from ..console import console, err_console
+from ..tables import title_line
 
 NO_GPU_LINE = ("no CUDA GPU found; the cuda kernels can be checked for correctness under the simulator: "
                "NUMBA_ENABLE_CUDASIM=1 pytest tests -k cuda")
@@ -38,26 +39,47 @@ def _fmt(v, spec: str, suffix: str = "") -> str:
     return "—" if v is None else f"{v:{spec}}{suffix}"
 
 
-def _table(rows, device: str, dtype: str, info: dict, title: str) -> Table:
-    header = (f"{title} — {device} {dtype} | {info['cpu']}, {info['cores']} cores, numba {info['numba']} "
-              f"({info['numba_threads']} threads, {info['threading_layer']}), numpy {info['numpy']}, "
-              f"BLAS {info['blas']}, torch {info.get('torch', 'not installed')}, load {info.get('loadavg_1min')}")
-    t = Table(title=header, title_justify="left")
-    cols = [("op", "left"), ("shape", "left"), (f"{device} ms", "right")]
+def _header(device: str, dtype: str, info: dict, title: str) -> str:
+    return (f"{title} — {device} {dtype} | {info['cpu']}, {info['cores']} cores, numba {info['numba']} "
+            f"({info['numba_threads']} threads, {info['threading_layer']}), numpy {info['numpy']}, "
+            f"BLAS {info['blas']}, torch {info.get('torch', 'not installed')}, load {info.get('loadavg_1min')}")
+
+
+def _short_op(op: str) -> str:
+    """"conv forward+backward" -> "conv fwd+bwd": the long words made the op column wrap mid-word at 80 columns."""
+    return op.replace("backward", "bwd").replace("forward", "fwd")
+
+
+def _tables(rows, device: str, width: int = 80):
+    """One table per shape (the shape label is its title): op and the numbers, in short columns so
+    that 80 columns hold them; a column with no value in any row (no PyTorch, reference skipped) is left out."""
+    from rich import box
+
+    cols = [("ms", f"{device} ms", ".2f", "")]
     if device == "cuda":
-        cols += [("cpu ms", "right"), ("vs cpu", "right")]
-    cols += [("reference ms", "right"), ("speedup", "right"), ("GFLOP/s", "right"),
-             ("PyTorch ms", "right"), ("ratio to PyTorch", "right")]
-    for name, justify in cols:
-        t.add_column(name, justify=justify)
-    for r in rows:
-        cells = [r["op"], r["shape"], _fmt(r["ms"], ".2f")]
-        if device == "cuda":
-            cells += [_fmt(r.get("cpu_ms"), ".2f"), _fmt(r.get("speedup_vs_cpu"), ".1f", "x")]
-        cells += [_fmt(r["reference_ms"], ".1f"), _fmt(r["speedup"], ",.0f", "x"), _fmt(r["gflops"], ".1f"),
-                  _fmt(r["torch_ms"], ".2f"), _fmt(r["torch_ratio"], ".2f", "x")]
-        t.add_row(*cells)
-    return t
+        cols += [("cpu_ms", "cpu ms", ".2f", ""), ("speedup_vs_cpu", "vs cpu", ".1f", "x")]
+    cols += [("reference_ms", "ref ms", ".1f", ""), ("speedup", "vs ref", ",.0f", "x"), ("gflops", "GFLOP/s", ".1f", ""),
+             ("torch_ms", "torch ms", ".2f", ""), ("torch_ratio", "vs torch", ".2f", "x")]
+    tables = []
+    for label in dict.fromkeys(r["shape"] for r in rows):
+        group = [r for r in rows if r["shape"] == label]
+        used = [c for c in cols if c[0] == "ms" or any(r.get(c[0]) is not None for r in group)]
+        t = Table(title=label, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
+        ops = [_short_op(r["op"]) for r in group]
+        t.add_column("op", min_width=max(len(w) for op in ops for w in op.split()))   # wraps at spaces only
+        cells = [[_fmt(r.get(key), spec, suffix) for key, _, spec, suffix in used] for r in group]
+        full = [max([len(name)] + [len(row[j]) for row in cells]) for j, (_, name, _, _) in enumerate(used)]
+        if max(map(len, ops)) + sum(full) + 2 * (len(used) + 1) > width:
+            # short of room: each number column as wide as its widest number or header word (the header
+            # then wraps at its space; numbers never do), the op column takes the rest
+            full = [max([len(w) for w in name.split()] + [len(row[j]) for row in cells])
+                    for j, (_, name, _, _) in enumerate(used)]
+        for (_, name, _, _), w in zip(used, full):
+            t.add_column(name, justify="right", width=w)
+        for op, row in zip(ops, cells):
+            t.add_row(op, *row)
+        tables.append(t)
+    return tables
 
 
 def bench(
@@ -75,7 +97,8 @@ def bench(
     """Time conv, max pool and spatial batch norm (forward and backward) of a backend:
     its ms, the reference's ms where it finishes in reasonable time, the speedup,
     GFLOP/s for conv, and PyTorch's ms and the ratio when PyTorch is installed.
-    All numbers in a table come from one run, on the thread count Numba uses."""
+    All numbers in a table come from one run, on the thread count Numba uses
+    ("vs ref": the reference's time over this backend's; "vs torch": this backend's over PyTorch's)."""
     if device is Device.cuda and not _cuda_available():
         err_console.print(NO_GPU_LINE, highlight=False)
         raise typer.Exit(2)
@@ -93,8 +116,9 @@ def bench(
         with console.status(f"timing {device.value} {dtype.value} on {name} shapes..."):
             rows = run_benchmarks(device.value, dtype.value, SHAPE_SETS[name], repeat=repeat,
                                   torch=not no_torch, bn_alt=bn, reference_max_iterations=REFERENCE_LIMITS[name])
-        info = machine_info()
-        console.print(_table(rows, device.value, dtype.value, info, f"{name} shapes"))
+        title_line(console, _header(device.value, dtype.value, machine_info(), f"{name} shapes"))
+        for table in _tables(rows, device.value, console.width):
+            console.print(table)
         all_rows += [{**r, "shape_set": name} for r in rows]
     if json_file is not None:
         json_file.write_text(json.dumps({"machine": machine_info(), "rows": all_rows}, indent=2))
