@@ -9,7 +9,7 @@ Layout of a checkpoint file (attrs ``format="numbaconv-checkpoint"``,
     extra            JSON: anything the caller adds (e.g. the command line)
     params/<name>    the weights (for "last": the training weights; for "best": the best on validation)
     bn/<i>/running_mean, bn/<i>/running_var      batch-norm running statistics per conv layer
-    history/<key>    the Solver's history lists (see numbaconv.solver)
+    history/<key>    the Solver's history lists (numbaconv.solver.History.to_dict())
     solver/settings  JSON: update rule, lr decay, batch size, epoch, iteration, time, rng states, ...
     solver/optim/<param>/<key>     optimizer state (arrays) and hyperparameters (scalars)
     solver/best/params/<name>, solver/best/bn/<i>/...   the best weights so far
@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from .models import build_model
+from .solver import History
 
 FORMAT = "numbaconv-checkpoint"
 VERSION = 1
@@ -147,7 +148,8 @@ def save_checkpoint(path, model, solver=None, which: str = "last", data_info: di
             if state is not None:
                 h = f.create_group("history")
                 for key, values in state["history"].items():
-                    h.create_dataset(key, data=np.asarray(values, dtype=np.int64 if key == "iteration" else np.float64))
+                    h.create_dataset(key, data=np.asarray(values, dtype=np.int64 if key in History.INT_KEYS
+                                                          else np.float64))
             if which == "last" and state is not None:
                 s = f.create_group("solver")
                 _put_json(s, "settings", state["settings"])
@@ -307,19 +309,7 @@ def match_preprocessing(X, from_mean, from_std, to_mean, to_std):
     return out
 
 
-# ------------------------------------------------------- data and run folders
-def data_info_for(ds, name: str, num_val: int, num_train: int | None, normalize_std: bool, seed: int) -> dict:
-    """What a checkpoint records about its training data: how to load it again
-    (name, num_val, num_train, normalize_std, seed) and how it was preprocessed."""
-    if name not in ("synthetic", "cifar10"):  # a file: absolute, so evaluate works from any folder
-        name = str(Path(name).resolve())
-    return {"name": str(name), "source": ds.source, "num_val": int(num_val),
-            "num_train": None if num_train is None else int(num_train), "normalize_std": bool(normalize_std),
-            "seed": int(seed), "mean": np.asarray(ds.mean, dtype=np.float64).tolist(),
-            "std": None if ds.std is None else np.asarray(ds.std, dtype=np.float64).tolist(),
-            "class_names": list(ds.class_names)}
-
-
+# ------------------------------------------------------------ evaluation data
 SPLITS = ("train", "val", "test")
 
 
@@ -346,13 +336,3 @@ def load_split_for(ck: Checkpoint, split: str = "test", dataset: str | None = No
         nv = info.get("num_val", 1000) if same else 1000
     return raw_split(name, split, nv, info.get("num_train") if same else None,
                      int(info.get("seed", 0)) if same else 0, data_home)
-
-
-def write_run_files(run_dir, solver, data_info: dict, extra: dict | None = None, best: bool = True) -> None:
-    """The run folder's files: last.h5 (resumable), history.json and, when the
-    solver has best weights and ``best``, best.h5."""
-    run_dir = Path(run_dir)
-    save_checkpoint(run_dir / "last.h5", solver.model, solver, "last", data_info, extra)
-    if best and solver.best_params is not None:
-        save_checkpoint(run_dir / "best.h5", solver.model, solver, "best", data_info, extra)
-    save_json(run_dir / "history.json", solver.history())

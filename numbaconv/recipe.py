@@ -17,14 +17,13 @@ import math
 
 import numpy as np
 
-from .cpu.augment import crop_flip
-
 
 def augment_crop_flip(pad: int = 2, flip: bool = True):
     """An augment hook: each image shifted by (dy, dx) in [-pad, pad]^2 and mirrored with p=0.5."""
     if isinstance(pad, bool) or not isinstance(pad, (int, np.integer)) or pad < 0:
         raise ValueError(f"pad must be an integer >= 0, got {pad!r}")
     pad = int(pad)
+    from .cpu.augment import crop_flip   # here, so reading the recipe table does not start Numba
 
     def augment(X, y, rng):
         if X.ndim != 4:
@@ -100,6 +99,24 @@ RECIPES = {
 }
 
 
+def describe_recipe(name: str) -> str:
+    """One line on what recipe ``name`` does, made from its table entry (so help text cannot drift)."""
+    r = _recipe(name)
+    m = r["model"]
+    model = {"fast": "FastNet"}.get(m["kind"], m["kind"])
+    if m.get("whiten"):
+        model += f" (frozen 2x2 whitening stem, stride {m.get('whiten_stride', 1)}, {m['whiten']} channels)"
+    model += f", groups {'/'.join(str(w) for w in m['widths'])}"
+    opt = r["optim_config"]
+    # recipe_solver calls exclude_from_decay: weight decay never reaches biases or BN
+    rule = ", ".join([r["update_rule"]] + [f"{k.replace('_', ' ')} {v:g}" + (" on weights only" if k == "weight_decay"
+                                                                               else "") for k, v in opt.items()])
+    aug = [kind for kind, on in (("flips", r["flip"]), (f"{r['pad']}-pixel shifts", r["pad"] > 0)) if on]
+    return (f"{model}, label smoothing {m['smoothing']:g}, {rule}, batch {r['batch_size']}, peak lr "
+            f"{r['peak_lr']:g} with {r['warmup']:.0%} warm-up then {r['shape']} decay over --time-budget, "
+            f"augmentation: {' and '.join(aug) or 'none'}")
+
+
 def _recipe(name: str) -> dict:
     if name not in RECIPES:
         raise ValueError(f"unknown recipe {name!r}; choose one of {', '.join(RECIPES)}")
@@ -123,13 +140,18 @@ def recipe_solver_kwargs(name: str, time_budget: float | None) -> dict:
 
 
 def recipe_solver(name: str, data: dict, time_budget: float | None, seed: int = 0, backend: str = "cpu",
-                  num_epochs: int | None = None, **solver_kwargs):
-    """(model, solver) set up for recipe ``name`` on ``data`` (Solver's dict of splits)."""
+                  num_epochs: int | None = None, num_classes: int | None = None, model_overrides: dict | None = None,
+                  **solver_kwargs):
+    """(model, solver) set up for recipe ``name`` on ``data`` (Solver's dict of splits).
+    ``num_classes`` defaults to the largest label + 1; ``model_overrides`` replace model config
+    entries the recipe leaves open (e.g. dtype, reg)."""
     from .models import build_model
     from .solver import Solver
 
-    num_classes = int(max(data["y_train"].max(), data["y_val"].max())) + 1
-    model = build_model(recipe_model_config(name, data["X_train"].shape[1:], num_classes, backend), seed=seed)
+    if num_classes is None:
+        num_classes = int(max(data["y_train"].max(), data["y_val"].max())) + 1
+    config = {**recipe_model_config(name, data["X_train"].shape[1:], num_classes, backend), **(model_overrides or {})}
+    model = build_model(config, seed=seed)
     if num_epochs is None:
         num_epochs = 10 ** 6 if time_budget is not None else 10
     solver = Solver(model, data, num_epochs=num_epochs, seed=seed,

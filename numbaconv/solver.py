@@ -16,13 +16,16 @@ A step is all or nothing: an interrupt or a non-finite loss inside a step
 rolls back the minibatch generator and the running statistics the forward pass
 touched, and the new weights are committed with SIGINT held off.
 
-History (plain lists, what ``history()`` returns and history.json holds):
+History: ``solver.record``, a ``History`` (``to_dict()`` is what ``history()``
+returns, history.json holds and checkpoints store, one list per key):
   loss       the training loss of every iteration
   epoch, iteration, time, lr, train_acc, val_acc
              one entry per accuracy check (at every epoch end, and when a time
              limit stops training mid-epoch): the (fractional) epoch, the
              iterations done, the training seconds spent (steps only), the
              learning rate used, and the two accuracies
+``loss_history``, ``train_acc_history`` and ``val_acc_history`` are the
+assignment's names for three of them.
 Hooks for extensions: ``schedule(solver)`` runs before every step (set the
 learning rate with ``solver.set_learning_rate``; it must depend only on solver
 state, such as ``solver.iteration`` or ``solver.train_time``, to stay
@@ -40,13 +43,70 @@ import contextlib
 import math
 import signal
 import time
+from dataclasses import dataclass, field, fields
 from typing import Any, Callable
 
 import numpy as np
 
 from .optim import DEFAULTS, get_update_rule
 
-HISTORY_KEYS = ("epoch", "iteration", "time", "lr", "train_acc", "val_acc")
+
+
+@dataclass
+class History:
+    """What training recorded: the loss of every step, and one entry per accuracy
+    check in each of the other lists (they always have the same length)."""
+    loss: list = field(default_factory=list)
+    epoch: list = field(default_factory=list)       # fractional epoch of each check
+    iteration: list = field(default_factory=list)   # steps done at each check
+    time: list = field(default_factory=list)        # training seconds spent at each check
+    lr: list = field(default_factory=list)          # learning rate in use at each check
+    train_acc: list = field(default_factory=list)
+    val_acc: list = field(default_factory=list)
+
+    CHECK_KEYS = ("epoch", "iteration", "time", "lr", "train_acc", "val_acc")
+    INT_KEYS = ("iteration",)   # stored as int64, the rest as float64
+
+    @classmethod
+    def keys(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in fields(cls))
+
+    def add_check(self, epoch: float, iteration: int, time: float, lr: float, train_acc: float,
+                  val_acc: float) -> None:
+        self.epoch.append(float(epoch))
+        self.iteration.append(int(iteration))
+        self.time.append(float(time))
+        self.lr.append(float(lr))
+        self.train_acc.append(float(train_acc))
+        self.val_acc.append(float(val_acc))
+
+    def to_dict(self) -> dict:
+        """Plain lists (copies), keyed as in history.json and a checkpoint's history group."""
+        return {k: list(getattr(self, k)) for k in self.keys()}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "History":
+        """The inverse of ``to_dict`` (e.g. a checkpoint's history); a ValueError names
+        a missing key, a value that is not a list of numbers, or check lists of unequal length."""
+        if not isinstance(d, dict):
+            raise ValueError(f"a history must be a dict of lists, got {type(d).__name__}")
+        missing = [k for k in cls.keys() if k not in d]
+        if missing:
+            raise ValueError(f"history has no {', '.join(missing)} list")
+        out = {}
+        for k in cls.keys():
+            values = d[k]
+            if isinstance(values, np.ndarray):
+                values = values.tolist()
+            if not isinstance(values, (list, tuple)) or not all(
+                    isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_))
+                    for v in values):
+                raise ValueError(f"history[{k!r}] must be a list of numbers, got {str(values)[:60]}")
+            out[k] = [int(v) for v in values] if k in cls.INT_KEYS else [float(v) for v in values]
+        lengths = {k: len(out[k]) for k in cls.CHECK_KEYS}
+        if len(set(lengths.values())) > 1:
+            raise ValueError(f"history lists of accuracy checks differ in length: {lengths}")
+        return cls(**out)
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -206,13 +266,7 @@ class Solver:
         self.best_epoch = None
         self.best_params: dict | None = None
         self.best_bn: list | None = None
-        self.loss_history: list[float] = []
-        self.train_acc_history: list[float] = []
-        self.val_acc_history: list[float] = []
-        self.check_epochs: list[float] = []
-        self.check_iterations: list[int] = []
-        self.check_times: list[float] = []
-        self.lr_history: list[float] = []
+        self.record = History()
         self.stop_reason: str | None = None
         self._final = None          # (params, bn) training continues from, once best is swapped in
         self._warm = False
@@ -220,6 +274,19 @@ class Solver:
         for p, cfg in self.optim_configs.items():  # fail now, not at the first step, on bad hyperparameters
             self.update_rule(np.zeros(1, dtype=self.model.params[p].dtype),
                              np.zeros(1, dtype=self.model.params[p].dtype), dict(cfg))
+
+    # The assignment's names for three of the history lists.
+    @property
+    def loss_history(self) -> list[float]:
+        return self.record.loss
+
+    @property
+    def train_acc_history(self) -> list[float]:
+        return self.record.train_acc
+
+    @property
+    def val_acc_history(self) -> list[float]:
+        return self.record.val_acc
 
     @property
     def iterations_per_epoch(self) -> int:
@@ -282,7 +349,7 @@ class Solver:
         with _sigint_deferred():
             self.model.params.update(new_params)
             self.optim_configs.update(new_configs)
-            self.loss_history.append(float(loss))
+            self.record.loss.append(float(loss))
             self.train_time += elapsed
             self.last_step_time = elapsed
             self.iteration += 1
@@ -323,19 +390,15 @@ class Solver:
                 self.epoch += 1
                 for cfg in self.optim_configs.values():
                     cfg["learning_rate"] = float(cfg.get("learning_rate", lr)) * self.lr_decay
-            self.check_epochs.append(self.iteration / self.iterations_per_epoch)
-            self.check_iterations.append(self.iteration)
-            self.check_times.append(self.train_time)
-            self.lr_history.append(lr)
-            self.train_acc_history.append(train_acc)
-            self.val_acc_history.append(val_acc)
+            self.record.add_check(self.iteration / self.iterations_per_epoch, self.iteration, self.train_time, lr,
+                                  train_acc, val_acc)
             if val_acc > self.best_val_acc:
                 self.best_val_acc = val_acc
-                self.best_epoch = self.check_epochs[-1]
+                self.best_epoch = self.record.epoch[-1]
                 self.best_params = {k: v.copy() for k, v in self.model.params.items()}
                 self.best_bn = _copy_bn(self.model.bn_params)
         if self.verbose:
-            print(f"(Epoch {self.check_epochs[-1]:g} / {self.num_epochs}) train acc: {train_acc:f}; val_acc: {val_acc:f}")
+            print(f"(Epoch {self.record.epoch[-1]:g} / {self.num_epochs}) train acc: {train_acc:f}; val_acc: {val_acc:f}")
 
     def train(self, time_limit: float | None = None) -> str:
         """Train until ``num_epochs`` are done or, with ``time_limit`` (seconds of
@@ -371,7 +434,7 @@ class Solver:
                 break
             if time_limit is not None and self.train_time + self.last_step_time > time_limit:
                 self.stop_reason = "time_limit"
-                if not self.check_iterations or self.check_iterations[-1] != self.iteration:
+                if not self.record.iteration or self.record.iteration[-1] != self.iteration:
                     self._check(end_of_epoch=False)
                 break
             self._step()
@@ -385,11 +448,8 @@ class Solver:
 
     # ------------------------------------------------------------- persistence
     def history(self) -> dict:
-        """Plain lists (the history.json format, see the module docstring)."""
-        return {"loss": list(self.loss_history), "epoch": list(self.check_epochs),
-                "iteration": list(self.check_iterations), "time": list(self.check_times),
-                "lr": list(self.lr_history), "train_acc": list(self.train_acc_history),
-                "val_acc": list(self.val_acc_history)}
+        """Plain lists (the history.json format): ``self.record.to_dict()``."""
+        return self.record.to_dict()
 
     def state_dict(self) -> dict:
         """Everything training continues from. Arrays are not copied."""
@@ -413,6 +473,7 @@ class Solver:
 
     def load_state_dict(self, state: dict) -> None:
         """Continue from ``state_dict()`` output (e.g. read back from a checkpoint)."""
+        record = History.from_dict(state["history"])   # checked before anything is changed
         s = state["settings"]
         self.update_rule_name = s["update_rule"]
         self.update_rule = get_update_rule(self.update_rule_name)
@@ -439,14 +500,7 @@ class Solver:
         _restore_bn(self.model.bn_params, state["bn"])
         self.best_params = None if state.get("best_params") is None else dict(state["best_params"])
         self.best_bn = state.get("best_bn")
-        h = state["history"]
-        self.loss_history = [float(v) for v in h["loss"]]
-        self.check_epochs = [float(v) for v in h["epoch"]]
-        self.check_iterations = [int(v) for v in h["iteration"]]
-        self.check_times = [float(v) for v in h["time"]]
-        self.lr_history = [float(v) for v in h["lr"]]
-        self.train_acc_history = [float(v) for v in h["train_acc"]]
-        self.val_acc_history = [float(v) for v in h["val_acc"]]
+        self.record = record
 
     def save_checkpoint(self, path, which: str = "last", data_info: dict | None = None, extra: dict | None = None) -> None:
         """Write an HDF5 checkpoint (see numbaconv.checkpoint): "last" holds the

@@ -6,9 +6,9 @@ import h5py
 import numpy as np
 import pytest
 
-from numbaconv.checkpoint import (load_checkpoint, match_preprocessing, save_checkpoint, save_json,
-                                  write_run_files)
+from numbaconv.checkpoint import load_checkpoint, match_preprocessing, save_checkpoint, save_json
 from numbaconv.models import DeepConvNet, ThreeLayerConvNet
+from numbaconv.run import write_run_files
 from numbaconv.solver import Solver
 
 TINY = dict(input_dims=(3, 4, 4), num_filters=[3, 4], max_pools=[0, 1], batchnorm=True,

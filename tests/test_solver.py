@@ -150,7 +150,7 @@ def test_time_limit_stops_before_passing_it(monkeypatch):
     assert s.train(time_limit=1.75) == "time_limit"
     # after 3 steps 1.5 s are spent and the next would end at 2.0 > 1.75
     assert s.iteration == 3 and s.train_time == pytest.approx(1.5)
-    assert s.check_iterations == [3] and s.check_epochs == [0.75]   # a final check, mid-epoch
+    assert s.record.iteration == [3] and s.record.epoch == [0.75]   # a final check, mid-epoch
     # the limit counts all training time: a later call continues up to the new total
     assert s.train(time_limit=3.0) == "time_limit"
     assert s.iteration == 6

@@ -135,8 +135,11 @@ def test_time_budget(tmp_path):
     (["--epochs", "1", "--time-budget", "-1", "--out", "X"], "--time-budget must be a number of seconds > 0"),
     (["--epochs", "1", "--dataset", "nope.h5", "--out", "X"], "unknown dataset 'nope.h5'"),
     (["--epochs", "1", "--weight-scale", "big", "--out", "X"], "--weight-scale must be a number or 'kaiming'"),
-    (["--epochs", "1", "--lr", "-1", "--out", "X"], "learning_rate"),
-    (["--epochs", "1", "--batch-size", "0", "--out", "X"], "batch_size must be a positive integer, got 0"),
+    (["--epochs", "1", "--lr", "-1", "--out", "X"], "--lr must be a number > 0, got -1"),
+    (["--epochs", "1", "--lr-decay", "1.5", "--out", "X"], "--lr-decay must be a number > 0 and <= 1, got 1.5"),
+    (["--epochs", "1", "--batch-size", "0", "--out", "X"], "--batch-size must be a positive integer, got 0"),
+    (["--epochs", "0", "--out", "X"], "--epochs must be a positive integer, got 0"),
+    (["--epochs", "1", "--threads", "100000", "--out", "X"], "threads must be between 1 and"),
 ])
 def test_train_bad_input(tmp_path, args, message):
     args = [str(tmp_path / a) if a == "X" else a for a in args]
