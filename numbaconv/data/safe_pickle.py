@@ -239,8 +239,13 @@ class _Unpickler(pickle._Unpickler):  # the pure-Python unpickler: its dispatch 
     dispatch[pickle.BUILD[0]] = load_build
 
 
+_PLAIN_TYPES = (int, float, bool, str, bytes, type(None))
+
+
 def _inflate(obj, memo: dict):
     """Replace the stand-ins by real values (arrays by np.frombuffer) in dicts, lists and tuples."""
+    if type(obj) in _PLAIN_TYPES:  # the bulk of a batch (labels, file names): nothing to replace
+        return obj
     key = id(obj)
     if key in memo:
         return memo[key]
