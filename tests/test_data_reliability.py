@@ -295,3 +295,13 @@ def test_help_shows_the_data_home_default_and_hints_name_source(out_dir):
                                            r"access here, download cifar-10-python.tar.gz on another machine .* "
                                            r"--source PATH"):
         import_cifar10("http://127.0.0.1:9/x.tar.gz", out_dir / "c.h5")
+
+
+def test_oversized_batch_files_in_a_folder_are_refused_before_reading(tmp_path, out_dir, monkeypatch):
+    from test_data_cifar import make_folder
+
+    src = make_folder(tmp_path / "src", _members())
+    monkeypatch.setattr(cifar, "MAX_MEMBER_BYTES", 1000)
+    with pytest.raises(DatasetError, match=r"batches.meta is \d+ bytes, too large for a CIFAR-10 batch"):
+        import_cifar10(src, out_dir / "c.h5")
+    assert leftovers(out_dir) == []

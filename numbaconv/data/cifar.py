@@ -235,6 +235,9 @@ def read_folder(path: Path, progress: Progress | None = None):
     if (path / FOLDER).is_dir():
         path = path / FOLDER
     files = [path / n for n in (META,) + TRAIN_BATCHES + (TEST_BATCH,) if (path / n).is_file()]
+    for p in files:
+        if p.stat().st_size > MAX_MEMBER_BYTES:
+            raise DatasetError(f"{p} is {p.stat().st_size} bytes, too large for a CIFAR-10 batch")
     total = sum(p.stat().st_size for p in files)
     sha = hashlib.sha256()
     done = 0
