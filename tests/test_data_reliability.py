@@ -302,6 +302,6 @@ def test_oversized_batch_files_in_a_folder_are_refused_before_reading(tmp_path, 
 
     src = make_folder(tmp_path / "src", _members())
     monkeypatch.setattr(cifar, "MAX_MEMBER_BYTES", 1000)
-    with pytest.raises(DatasetError, match=r"batches.meta is \d+ bytes, too large for a CIFAR-10 batch"):
+    with pytest.raises(DatasetError, match=r"src/data_batch_1 is \d+ bytes, too large for a CIFAR-10 batch"):
         import_cifar10(src, out_dir / "c.h5")
     assert leftovers(out_dir) == []
