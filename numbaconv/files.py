@@ -10,6 +10,8 @@ One home for the rules that keep files whole and owners apart:
   place (same folder, so the rename is atomic). The name carries the writer's PID, so
   ``remove_stale_temporaries(folder)`` can delete what a killed writer left behind, and only
   that: a temporary whose process is still alive is kept.
+* ``atomic_write(path, write)``: ``write(temp)``, fsync, rename over ``path``; on any failure
+  (Ctrl-C included) the temporary is removed and ``path`` is untouched.
 * ``check_writable_folder(path)``: one clear ``ValueError`` when ``path`` cannot become a
   writable folder (a file in the way, no permission, a read-only file system).
 * ``DeferredInterrupt``: Ctrl-C while writing is held until the writer reaches a safe point,
@@ -29,8 +31,8 @@ import threading
 from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["LockedError", "exclusive_lock", "lock_path", "temp_name", "remove_stale_temporaries",
-           "check_writable_folder", "pid_alive", "DeferredInterrupt"]
+__all__ = ["LockedError", "exclusive_lock", "lock_path", "temp_name", "remove_stale_temporaries", "atomic_write",
+           "check_writable_folder", "is_disk_full", "pid_alive", "DeferredInterrupt"]
 
 
 class LockedError(ValueError):
@@ -143,6 +145,34 @@ def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
         except OSError:  # gone meanwhile, or not ours to delete: leave it
             pass
     return removed
+
+
+def atomic_write(path: str | os.PathLike, write, check=None) -> Path:
+    """Call ``write(temp)`` with a ``temp_name`` of ``path``, then ``check()`` if given (a last
+    chance to stop, e.g. ``DeferredInterrupt.check``), fsync the file, rename it over ``path`` and
+    fsync the folder so the rename survives a power cut. On any exception the temporary is removed
+    and ``path`` keeps its old content (or stays absent). Returns ``path``."""
+    path = Path(path)
+    tmp = temp_name(path)
+    try:
+        write(tmp)
+        if check:
+            check()
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    try:
+        fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError:  # some file systems cannot sync a folder; the rename itself is still atomic
+        pass
+    return path
 
 
 def check_writable_folder(path: str | os.PathLike, what: str = "output folder") -> Path:

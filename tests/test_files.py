@@ -119,3 +119,24 @@ def test_deferred_interrupt_holds_ctrl_c_until_a_safe_point():
     with pytest.raises(KeyboardInterrupt):  # leaving the block is a safe point too
         with DeferredInterrupt():
             signal.raise_signal(signal.SIGINT)
+
+
+def test_atomic_write_replaces_whole_or_not_at_all(tmp_path):
+    target = tmp_path / "f.txt"
+    files.atomic_write(target, lambda tmp: tmp.write_text("one"))
+    assert target.read_text() == "one"
+
+    def half_then_fail(tmp):
+        tmp.write_text("half")
+        raise OSError(28, "No space left on device")
+
+    with pytest.raises(OSError):
+        files.atomic_write(target, half_then_fail)
+
+    def stop():
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):  # e.g. a deferred Ctrl-C seen just before the rename
+        files.atomic_write(target, lambda tmp: tmp.write_text("two"), check=stop)
+    assert target.read_text() == "one" and sorted(p.name for p in tmp_path.iterdir()) == ["f.txt"]
+    assert files.is_disk_full(OSError(28, "x")) and not files.is_disk_full(OSError(13, "x"))

@@ -20,7 +20,7 @@ from typing import Callable, NamedTuple
 
 import numpy as np
 
-from ..files import temp_name
+from ..files import atomic_write
 
 FORMAT = "numbaconv-images"
 FORMAT_VERSION = 1
@@ -63,17 +63,18 @@ def write_h5(path: Path, splits: dict, class_names: list, attrs: dict,
 
     ``progress(done_images, total_images)`` is called as the images are written; ``check()``, if
     given, once more after the file is closed and before it is renamed into place (a last chance to
-    stop, e.g. on a deferred Ctrl-C). The temporary name carries our PID (``files.temp_name``), so
-    what a killed writer leaves is removed by ``files.remove_stale_temporaries``.
+    stop, e.g. on a deferred Ctrl-C). Written by ``files.atomic_write``: the temporary name carries our
+    PID, so what a killed writer leaves is removed by ``files.remove_stale_temporaries``.
     """
     import h5py
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temp_name(path)
     total = sum(len(s.images) for s in splits.values())
     done = 0
-    try:
+
+    def write(tmp):
+        nonlocal done
         with h5py.File(tmp, "w-") as f:  # "w-": create, never clobber
             f.attrs["format"] = FORMAT
             f.attrs["format_version"] = FORMAT_VERSION
@@ -91,12 +92,8 @@ def write_h5(path: Path, splits: dict, class_names: list, attrs: dict,
                     done += len(split.images[i:i + step])
                     if progress:
                         progress(done, total)
-        if check:
-            check()
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+
+    atomic_write(path, write, check)
     return path.stat().st_size
 
 
