@@ -163,30 +163,246 @@ def save_checkpoint(path, model, solver=None, which: str = "last", data_info: di
 
 
 # ------------------------------------------------------------------- reading
+# What a file may declare before any of it is read: far above any model numbaconv trains
+# (the fast recipe's net has ~0.2 M parameters; a "last" file holds about five copies of
+# them), far below what a crafted header could make a loader allocate (terabytes).
+MAX_CHECKPOINT_BYTES = 1 << 30
+# A model config may ask for more weights than the file stores only by this many before the
+# model is built: allocating that much is harmless, and the report after building names each
+# difference; beyond it, a hand-edited config (num_filters: [100000]) is refused unbuilt.
+PARAM_SLACK = 1 << 20
+
+
+def _bad(path, entry: str, what: str) -> ValueError:
+    return ValueError(f"checkpoint {path}: {entry} {what}")
+
+
+def _nbytes(n: int) -> str:
+    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1024
+
+
+def _check_layout(f, path) -> None:
+    """Refuse links (an external link would read another file) and declared sizes
+    above MAX_CHECKPOINT_BYTES, from the metadata alone, before any data is read."""
+    import h5py
+
+    total, largest, link = 0, (0, "", None), None
+
+    def visit(name, link_):
+        nonlocal total, largest, link
+        if not isinstance(link_, h5py.HardLink):
+            link = (name, "an external link" if isinstance(link_, h5py.ExternalLink) else "a soft link")
+            return True   # stops the visit (an exception raised in here would not unwind cleanly)
+        obj = f[name]
+        if isinstance(obj, h5py.Dataset) and obj.shape is not None:   # shape None: an empty dataset
+            nbytes = int(np.prod(obj.shape, dtype=object)) * obj.dtype.itemsize
+            total += nbytes
+            if nbytes > largest[0]:
+                largest = (nbytes, name, obj.shape)
+        return None
+
+    f.visititems_links(visit)
+    if link is not None:
+        raise _bad(path, link[0], f"is {link[1]}; a numbaconv checkpoint holds no links")
+    if total > MAX_CHECKPOINT_BYTES:
+        raise ValueError(f"checkpoint {path} declares {_nbytes(total)} of arrays (the largest, {largest[1]}, has shape "
+                         f"{largest[2]}); numbaconv reads at most {_nbytes(MAX_CHECKPOINT_BYTES)}: the file is "
+                         "damaged or was not written by numbaconv")
+
+
+def _entry(obj) -> str:
+    return obj.name.lstrip("/")
+
+
+def _group(parent, name: str, path, required: bool = True):
+    """The subgroup ``name`` of ``parent`` (None if absent and not required)."""
+    import h5py
+
+    obj = parent.get(name)
+    entry = f"{_entry(parent)}/{name}".lstrip("/")
+    if obj is None:
+        if required:
+            raise _bad(path, entry, "is missing")
+        return None
+    if not isinstance(obj, h5py.Group):
+        raise _bad(path, entry, "is an array where a group belongs")
+    return obj
+
+
+def _read_array(obj, path) -> np.ndarray:
+    """The numbers stored in dataset ``obj``; anything else (a string, a group) is an error naming it."""
+    import h5py
+
+    if not isinstance(obj, h5py.Dataset):
+        raise _bad(path, _entry(obj), "is a group where an array belongs")
+    if obj.shape is None or obj.dtype.kind not in "biuf":
+        what = "a string" if h5py.check_string_dtype(obj.dtype) else f"{obj.dtype} data" if obj.shape else "nothing"
+        raise _bad(path, _entry(obj), f"holds {what}, not numbers")
+    return obj[()]
+
+
 def _get_json(group, name: str, path) -> dict:
+    import h5py
+
     if name not in group:
         raise ValueError(f"checkpoint {path} has no {name!r} entry; it was not written by numbaconv")
-    return json.loads(group[name].asstr()[()])
+    obj = group[name]
+    entry = _entry(obj)
+    if not isinstance(obj, h5py.Dataset) or obj.shape != () or not h5py.check_string_dtype(obj.dtype):
+        raise _bad(path, entry, "must be one JSON string")
+    try:
+        value = json.loads(obj.asstr()[()])
+    except (ValueError, UnicodeDecodeError) as e:
+        raise _bad(path, entry, f"is not valid JSON ({e})") from None
+    if not isinstance(value, dict):
+        raise _bad(path, entry, f"must be a JSON object, got {type(value).__name__}")
+    return value
 
 
-def _get_arrays(group) -> dict:
-    return {name: group[name][()] for name in group}
+def _get_arrays(group, path) -> dict:
+    return {name: _read_array(group[name], path) for name in group}
 
 
-def _get_bn(group) -> list:
-    return [_get_arrays(group[str(i)]) for i in range(len(group))]
+def _get_bn(group, path) -> list:
+    want = [str(i) for i in range(len(group))]
+    if sorted(group, key=lambda k: (len(k), k)) != want:
+        raise _bad(path, _entry(group), f"must hold groups numbered 0 to {len(group) - 1}, got {sorted(group)}")
+    return [_get_arrays(_group(group, i, path), path) for i in want]
 
 
-def _get_optim(group) -> dict:
+def _get_optim(group, path) -> dict:
     configs = {}
     for p in group:
         cfg = {}
-        for key, ds in group[p].items():
-            value = ds[()]
+        for key, value in _get_arrays(_group(group, p, path), path).items():
             # Scalars come back as Python numbers: NumPy scalars would change dtype promotion.
-            cfg[key] = value.item() if ds.shape == () else value
+            cfg[key] = value.item() if np.ndim(value) == 0 else value
         configs[p] = cfg
     return configs
+
+
+def _get_history(group, path) -> dict:
+    """The history lists, checked as History.from_dict checks them (a value that is
+    not a list of numbers, a missing list, check lists of unequal length)."""
+    history = {k: _read_array(group[k], path).tolist() for k in group}
+    try:
+        History.from_dict(history)
+    except ValueError as e:
+        raise _bad(path, _entry(group), f"is damaged: {e}") from None
+    return history
+
+
+def _param_count(config: dict) -> int | None:
+    """How many weights ``build_model(config)`` allocates, from the config alone (the
+    models allocate in their constructors, so a config cannot be checked by building it).
+    None when an entry has a type or value the constructor refuses with its own message.
+    tests/test_checkpoint_safety.py holds it equal to the built models' counts."""
+    import inspect
+
+    from .models import MODELS
+
+    cls = MODELS.get(config.get("kind"))
+    if cls is None:
+        return None
+    defaults = {k: p.default for k, p in inspect.signature(cls.__init__).parameters.items()
+                if p.default is not inspect.Parameter.empty}
+    c = {**defaults, **config}
+
+    def n(v) -> int:   # a size, as the constructors accept it
+        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+            raise TypeError
+        return v
+
+    try:
+        C, H, W = (n(d) for d in c["input_dims"])
+        classes = n(c["num_classes"])
+        total, c_in = 0, C
+        if cls.kind == "three-layer":
+            F, K, hidden = n(c["num_filters"]), n(c["filter_size"]), n(c["hidden_dim"])
+            return F * C * K * K + F + F * (H // 2) * (W // 2) * hidden + hidden + hidden * classes + classes
+        if cls.kind == "deep":
+            per_filter = 3 if c["batchnorm"] else 1        # b (and gamma, beta)
+            for F in map(n, c["num_filters"]):
+                total, c_in = total + F * c_in * 9 + per_filter * F, F
+            pools = len(list(c["max_pools"]))
+            return total + c_in * (H >> pools) * (W >> pools) * classes + classes
+        if cls.kind == "fast":
+            k = n(c["whiten"] or 0)
+            if k:
+                total, c_in = k * C * (9 if c["whiten_stride"] == 1 else 4) + k, k
+            stem, repeat = n(c["stem"] or 0), n(c["convs_per_group"])
+            for F in ([stem] if stem else []):
+                total, c_in = total + F * c_in * 9 + 3 * F, F
+            for F in map(n, c["widths"]):   # a group: one conv from c_in, repeat - 1 from F (b, gamma, beta each)
+                total, c_in = total + F * c_in * 9 + 3 * F + (repeat - 1) * (F * F * 9 + 3 * F), F
+            return total + c_in * classes + classes
+    except (TypeError, ValueError, KeyError):
+        return None
+    return None
+
+
+# What Solver.load_state_dict reads from solver/settings without a default.
+_SETTINGS_NUMBERS = ("lr_decay", "train_time", "last_step_time", "best_val_acc")
+_SETTINGS_COUNTS = ("epoch", "iteration")
+_SETTINGS_REQUIRED = ("update_rule", "batch_size", "num_epochs", "num_train_samples", "num_val_samples",
+                      "rng_state", "eval_rng_state") + _SETTINGS_NUMBERS + _SETTINGS_COUNTS
+
+
+def _check_settings(s: dict, path) -> None:
+    from .optim import get_update_rule
+
+    entry = "solver/settings"
+    missing = [k for k in _SETTINGS_REQUIRED if k not in s]
+    if missing:
+        raise _bad(path, entry, f"has no {', '.join(missing)}")
+    for k in _SETTINGS_NUMBERS:
+        if isinstance(s[k], bool) or not isinstance(s[k], (int, float)):
+            raise _bad(path, entry, f"{k} must be a number, got {s[k]!r}")
+    for k in _SETTINGS_COUNTS:
+        if isinstance(s[k], bool) or not isinstance(s[k], int) or s[k] < 0:
+            raise _bad(path, entry, f"{k} must be an integer >= 0, got {s[k]!r}")
+    if not isinstance(s["update_rule"], str):
+        raise _bad(path, entry, f"update_rule must be a name, got {s['update_rule']!r}")
+    try:
+        get_update_rule(s["update_rule"])
+    except ValueError as e:
+        raise _bad(path, entry, str(e)) from None
+    if not isinstance(s.get("optim_config") or {}, dict):
+        raise _bad(path, entry, f"optim_config must be a JSON object, got {s['optim_config']!r}")
+    for k in ("rng_state", "eval_rng_state"):
+        try:   # the Solver's generators are default_rng()s: the state must fit one
+            np.random.default_rng().bit_generator.state = s[k]
+        except (TypeError, ValueError, KeyError):
+            raise _bad(path, entry, f"{k} is not a NumPy PCG64 state") from None
+
+
+def _optimizer_keys(settings: dict, dtype, path) -> set:
+    """The keys each parameter's optimizer config holds after one step of the run's
+    update rule (its hyperparameters and its state: m, v, t for adam): one step of
+    the rule on one number says which, for any rule, registered ones included."""
+    from .optim import get_update_rule
+
+    rule = get_update_rule(settings["update_rule"])
+    try:
+        _, cfg = rule(np.zeros(1, dtype), np.ones(1, dtype), dict(settings.get("optim_config") or {}))
+    except ValueError as e:
+        raise _bad(path, "solver/settings", f"optim_config is not valid for {settings['update_rule']}: {e}") from None
+    return set(cfg)
+
+
+def _damage(what: str, arrays: dict) -> list[str]:
+    """Values no trained model holds: NaN or infinite weights, negative variances."""
+    problems = []
+    for name, a in arrays.items():
+        bad = a.size - int(np.count_nonzero(np.isfinite(a)))
+        if bad:
+            problems.append(f"{what}{name} holds {bad} NaN or infinite values")
+        elif name == "running_var" and (a < 0).any():
+            problems.append(f"{what}{name} holds {int((a < 0).sum())} negative variances")
+    return problems
 
 
 def _describe(config: dict) -> str:
@@ -224,68 +440,126 @@ def _bn_mismatches(what: str, bn: list, model) -> list[str]:
 def load_checkpoint(path, backend: str | None = None) -> Checkpoint:
     """Rebuild the model stored in ``path`` (optionally on another backend) and
     return it with the data info, history and, for a "last" checkpoint, the
-    Solver state. A ValueError lists every way the file disagrees with its config."""
+    Solver state. A ValueError lists every way the file disagrees with its config;
+    a damaged file (a string where numbers belong, NaN weights, a negative variance,
+    optimizer state missing after training steps, sizes beyond MAX_CHECKPOINT_BYTES)
+    is refused with a ValueError naming the entry, before anything large is allocated."""
     import h5py
+
+    from .backends import get_backend
 
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"checkpoint {path} does not exist")
+    if backend:
+        get_backend(backend)   # an unknown or unavailable backend is named before the file is read
     try:
         f = h5py.File(path, "r")
     except OSError as e:
         raise ValueError(f"checkpoint {path} is not a readable HDF5 file ({e})") from None
-    with f:
-        if f.attrs.get("format") != FORMAT:
-            raise ValueError(f"{path} is an HDF5 file but not a numbaconv checkpoint (format attribute "
-                             f"{f.attrs.get('format')!r})")
-        if int(f.attrs.get("version", -1)) != VERSION:
-            raise ValueError(f"checkpoint {path} has format version {f.attrs.get('version')}, this numbaconv reads {VERSION}")
-        which = str(f.attrs.get("which", "model"))
-        config = _get_json(f, "model_config", path)
-        overrides = {"backend": backend} if backend else {}
-        try:
-            model = build_model(config, **overrides)
-        except ValueError as e:
-            raise ValueError(f"checkpoint {path}: its model config cannot be built: {e}") from None
-        shapes = model.param_shapes()
-        params = _get_arrays(f["params"]) if "params" in f else {}
-        bn = _get_bn(f["bn"]) if "bn" in f else []
-        problems = _mismatches("params/", params, shapes, model.dtype) + _bn_mismatches("", bn, model)
-        state = None
-        history = None
-        if "history" in f:
-            history = {k: f["history"][k][()].tolist() for k in f["history"]}
-        if "solver" in f:
-            s = f["solver"]
-            optim = _get_optim(s["optim"]) if "optim" in s else {}
-            for p in shapes:
-                if p not in optim:
-                    problems.append(f"solver/optim has no state for parameter {p}")
-            for p, cfg in optim.items():
-                if p not in shapes:
-                    problems.append(f"solver/optim/{p} is not a parameter of this model")
-                    continue
-                for key, value in cfg.items():
-                    if isinstance(value, np.ndarray) and value.shape != shapes[p]:
-                        problems.append(f"solver/optim/{p}/{key} has shape {value.shape} but {p} has shape {shapes[p]}")
-            best_params = best_bn = None
-            if "best" in s:
-                best_params = _get_arrays(s["best"]["params"])
-                best_bn = _get_bn(s["best"]["bn"])
-                problems += _mismatches("solver/best/params/", best_params, shapes, model.dtype)
-                problems += _bn_mismatches("solver/best/", best_bn, model)
-            if history is None:
-                problems.append("solver state without a history group")
-            state = {"settings": _get_json(s, "settings", path), "optim_configs": optim, "params": params,
-                     "bn": bn, "best_params": best_params, "best_bn": best_bn, "history": history}
-        if problems:
-            raise ValueError(f"checkpoint {path} does not match its model config ({_describe(config)}):\n  - "
-                             + "\n  - ".join(problems))
-        model.params = params
-        for bp, stats in zip(model.bn_params, bn):
-            bp.update(stats)
-        return Checkpoint(path, which, model, config, _get_json(f, "data_info", path),
-                          _get_json(f, "extra", path), history, state)
+    try:
+        with f:
+            return _read_checkpoint(f, path, backend)
+    except (OSError, RuntimeError) as e:   # HDF5's own errors on a damaged file (bad chunks, truncated data)
+        raise ValueError(f"checkpoint {path} cannot be read: {e}") from None
+
+
+def _read_checkpoint(f, path: Path, backend: str | None) -> Checkpoint:
+    fmt = f.attrs.get("format")
+    if not isinstance(fmt, str) or fmt != FORMAT:
+        raise ValueError(f"{path} is an HDF5 file but not a numbaconv checkpoint (format attribute {fmt!r})")
+    version = f.attrs.get("version")
+    if isinstance(version, (bool, np.bool_)) or not isinstance(version, (int, np.integer)) or version != VERSION:
+        raise ValueError(f"checkpoint {path} has format version {version!r}, this numbaconv reads {VERSION}")
+    which = f.attrs.get("which", "model")
+    if not isinstance(which, str) or which not in WHICH:
+        raise _bad(path, "the 'which' attribute", f"must be one of {', '.join(WHICH)}, got {which!r}")
+    _check_layout(f, path)
+    config = _get_json(f, "model_config", path)
+    data_info, extra = _get_json(f, "data_info", path), _get_json(f, "extra", path)
+    params_group = _group(f, "params", path, required=False)
+    params = _get_arrays(params_group, path) if params_group is not None else {}
+    bn_group = _group(f, "bn", path, required=False)
+    bn = _get_bn(bn_group, path) if bn_group is not None else []
+    implied, stored = _param_count(config), sum(a.size for a in params.values())
+    if implied is not None and implied > stored + PARAM_SLACK:
+        raise _bad(path, "model_config", f"({_describe(config)}) asks for {implied:,} weights but params holds "
+                   f"{stored:,}: the config does not belong to these weights (was it edited?)")
+    overrides = {"backend": backend} if backend else {}
+    try:
+        model = build_model(config, **overrides)
+    except ValueError as e:
+        raise ValueError(f"checkpoint {path}: its model config cannot be built: {e}") from None
+    shapes = model.param_shapes()
+    problems = _mismatches("params/", params, shapes, model.dtype) + _bn_mismatches("", bn, model)
+    state = None
+    history = None
+    history_group = _group(f, "history", path, required=False)
+    if history_group is not None:
+        history = _get_history(history_group, path)
+    s = _group(f, "solver", path, required=False)
+    settings = None
+    if s is not None:
+        settings = _get_json(s, "settings", path)
+        _check_settings(settings, path)
+        optim_group = _group(s, "optim", path, required=False)
+        optim = _get_optim(optim_group, path) if optim_group is not None else {}
+        for p in shapes:
+            if p not in optim:
+                problems.append(f"solver/optim has no state for parameter {p}")
+        for p, cfg in optim.items():
+            if p not in shapes:
+                problems.append(f"solver/optim/{p} is not a parameter of this model")
+                continue
+            for key, value in cfg.items():
+                if isinstance(value, np.ndarray) and value.shape != shapes[p]:
+                    problems.append(f"solver/optim/{p}/{key} has shape {value.shape} but {p} has shape {shapes[p]}")
+                elif isinstance(value, np.ndarray) and value.dtype != model.dtype:
+                    problems.append(f"solver/optim/{p}/{key} has dtype {value.dtype} but the config says {model.dtype}")
+        best_params = best_bn = None
+        best = _group(s, "best", path, required=False)
+        if best is not None:
+            best_params = _get_arrays(_group(best, "params", path), path)
+            best_bn = _get_bn(_group(best, "bn", path), path)
+            problems += _mismatches("solver/best/params/", best_params, shapes, model.dtype)
+            problems += _bn_mismatches("solver/best/", best_bn, model)
+        if history is None:
+            problems.append("solver state without a history group")
+        state = {"settings": settings, "optim_configs": optim, "params": params,
+                 "bn": bn, "best_params": best_params, "best_bn": best_bn, "history": history}
+    if problems:
+        raise ValueError(f"checkpoint {path} does not match its model config ({_describe(config)}):\n  - "
+                         + "\n  - ".join(problems))
+    # Shapes agree; now the values. Each of these would evaluate to chance, or resume
+    # training silently from a different state, with exit code 0.
+    damage = _damage("params/", params)
+    for i, stats in enumerate(bn):
+        damage += _damage(f"bn/{i}/", stats)
+    if state is not None:
+        if state["best_params"] is not None:
+            damage += _damage("solver/best/params/", state["best_params"])
+            for i, stats in enumerate(state["best_bn"]):
+                damage += _damage(f"solver/best/bn/{i}/", stats)
+        for p, cfg in state["optim_configs"].items():
+            damage += _damage(f"solver/optim/{p}/", {k: v for k, v in cfg.items() if isinstance(v, np.ndarray)})
+        if settings["iteration"] > 0:
+            # after a step every trained parameter holds the rule's full config; a missing
+            # key (adam's m, v or t) would silently restart it from scratch
+            need = _optimizer_keys(settings, model.dtype, path)
+            frozen = set(getattr(model, "frozen", ()))
+            for p, cfg in state["optim_configs"].items():
+                lost = sorted(need - set(cfg)) if p not in frozen else []
+                if lost:
+                    damage.append(f"solver/optim/{p} has no {', '.join(lost)} after {settings['iteration']} "
+                                  f"{settings['update_rule']} steps (resuming would restart them)")
+    if damage:
+        raise ValueError(f"checkpoint {path} is damaged: {'; '.join(damage[:5])}"
+                         + (f"; and {len(damage) - 5} more" if len(damage) > 5 else "")
+                         + "; use another checkpoint or train again")
+    model.params = params
+    for bp, stats in zip(model.bn_params, bn):
+        bp.update(stats)
+    return Checkpoint(path, str(which), model, config, data_info, extra, history, state)
 
 
 def match_preprocessing(X, from_mean, from_std, to_mean, to_std):

@@ -271,6 +271,9 @@ def check_backend(backend: str = "reference", dtype: str | np.dtype = "float64",
     dtype = np.dtype(dtype)
     if dtype not in (np.float32, np.float64):
         raise ValueError(f"dtype must be float32 or float64, got {dtype}")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"seed must be an integer >= 0, got {seed!r}")
+    get_backend(backend)   # an unavailable backend fails here, before any case is built
     rng = np.random.default_rng(seed)
     # Both case lists draw the same inputs: build the spec's from a copy of the generator.
     spec_cases = _cases("reference", copy.deepcopy(rng))
