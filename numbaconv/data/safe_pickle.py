@@ -19,7 +19,7 @@ frees an attacker-chosen pointer: a segmentation fault, or worse). So here:
   once the byte count equals shape x item size.
 
 Supported encodings of an array: Python 2 protocol 2 (read with ``encoding='bytes'``), Python 3
-protocol 2 (bytes through ``_codecs.encode``), protocols 3-4 (``_reconstruct`` + BUILD) and 5
+protocols 0-2 (bytes through ``_codecs.encode``), protocols 3-4 (``_reconstruct`` + BUILD) and 5
 (``_frombuffer`` with an in-band buffer); NumPy 1 (``numpy.core``) and 2 (``numpy._core``) names.
 Anything else, including a float or object dtype, is one ``RefusedPickle`` (a ValueError) line.
 """
