@@ -19,8 +19,19 @@ app = typer.Typer(
 
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from numbaconv import __version__
+
+        typer.echo(f"numbaconv {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
-def main() -> None:
+def main(
+    version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+                                 help="Print the version and exit."),
+) -> None:
     """numbaconv: build, check, benchmark and train convnets on CIFAR-10."""
 
 

@@ -93,14 +93,64 @@ def filter_grid(w: np.ndarray, pad: int = 1) -> np.ndarray:
     return grid
 
 
-def plot_filters(w: np.ndarray, path, title: str | None = None, size=(6, 6)) -> Path:
-    """The first conv layer's filters (F, C, K, K) as a grid of colour tiles."""
-    grid = filter_grid(w)
-    fig = _figure(size)
-    ax = fig.add_subplot(1, 1, 1)
-    ax.imshow(grid, interpolation="nearest")
-    ax.set_axis_off()
-    ax.set_title(title or f"first-layer filters ({w.shape[0]} x {w.shape[1]}x{w.shape[2]}x{w.shape[3]})")
+def _through_stem(w: np.ndarray, stem: np.ndarray, stride: int) -> np.ndarray:
+    """The filters (F, C, K', K') on the pixels of conv ``w`` (F, k, 3, 3; stride 1, pad 1)
+    applied after the stem conv ``stem`` (k, C, S, S; ``stride``): the composition of the
+    two linear maps, biases and image borders aside."""
+    F, k, K, _ = w.shape
+    S = stem.shape[2]
+    if stride == 2:   # tap (i, j) of w sees the non-overlapping S x S window (i, j) of the pixels
+        return np.einsum("fkij,kcab->fciajb", w, stem).reshape(F, stem.shape[1], K * S, K * S)
+    eff = np.zeros((F, stem.shape[1], K + S - 1, K + S - 1))
+    for i in range(K):
+        for j in range(K):
+            eff[:, :, i:i + S, j:j + S] += np.einsum("fk,kcab->fcab", w[:, :, i, j], stem)
+    # the stride-1 stem is a 2x2 filter in a 3x3 kernel: drop the rows and columns it leaves at zero
+    rows = np.flatnonzero(np.abs(eff).sum(axis=(0, 1, 3)))
+    cols = np.flatnonzero(np.abs(eff).sum(axis=(0, 1, 2)))
+    if rows.size and cols.size:
+        eff = eff[:, :, :rows[-1] + 1, :cols[-1] + 1]
+    return eff
+
+
+def input_filters(model) -> list[tuple[str, np.ndarray]]:
+    """What a model's first layer looks for in the image, as (label, filters (F, C, K, K)) panels.
+
+    Usually the first conv layer's weights W1. A FastNet with a whitening stem (the fast
+    recipe) starts with a fixed, untrained conv whose outputs are PCA coordinates, not
+    colours, so its W1 on its own is no picture: the panels are then the stem's filters
+    and W1 projected through the stem onto the pixels."""
+    p = model.params
+    w = np.asarray(p.get("W1"))
+    if w.ndim != 4:
+        raise ValueError(f"the model's W1 is not a conv weight (F, C, K, K): {w.shape}")
+    if not getattr(model, "whiten", 0):
+        return [(f"first-layer filters ({w.shape[0]} of {'x'.join(map(str, w.shape[1:]))})", w)]
+    stem = np.asarray(p["whiten_W"], dtype=np.float64)
+    eff = _through_stem(np.asarray(w, dtype=np.float64), stem, model.whiten_stride)
+    size = eff.shape[2]
+    # stem[..., :2, :2]: the 2x2 filter itself (stride 2) or the 2x2 block of its 3x3 kernel (stride 1)
+    return [(f"whitening stem: {stem.shape[0]} fixed 2x2 filters (not trained)", stem[:, :, :2, :2]),
+            (f"first trained conv through the stem: {eff.shape[0]} filters on {size}x{size} pixels", eff)]
+
+
+def plot_filters(w, path, title: str | None = None, size=None) -> Path:
+    """Filters (F, C, K, K) as a grid of colour tiles, or several such grids side by side
+    when ``w`` is a list of (label, filters) panels (``input_filters``)."""
+    panels = [(None, w)] if isinstance(w, np.ndarray) else list(w)
+    fig = _figure(size or (6 * len(panels), 6))
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    for ax, (label, filters) in zip(axes, panels):
+        ax.imshow(filter_grid(filters), interpolation="nearest")
+        ax.set_axis_off()
+        if len(panels) > 1:
+            ax.set_title(label, fontsize=10)
+    if len(panels) == 1:
+        f = panels[0][1]
+        axes[0].set_title(title or panels[0][0]
+                          or f"first-layer filters ({f.shape[0]} x {f.shape[1]}x{f.shape[2]}x{f.shape[3]})")
+    elif title:
+        fig.suptitle(title)
     fig.tight_layout()
     return _save(fig, path)
 

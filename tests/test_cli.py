@@ -45,3 +45,140 @@ def test_gradcheck_exits_1_when_a_check_fails(monkeypatch):
 def test_gradcheck_rejects_bad_options(args):
     result = runner.invoke(app, args)
     assert result.exit_code == 2
+
+
+def _one_line_error(result, code=2):
+    """The command failed with ``code`` and one `error:` line, no traceback."""
+    assert result.exit_code == code, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.output
+    assert "Traceback" not in result.output
+    return lines[0]
+
+
+def test_version_matches_the_installed_package():
+    from importlib.metadata import version
+
+    result = runner.invoke(app, ["--version"])
+    assert result.exit_code == 0
+    assert result.output == f"numbaconv {version('numbaconv')}\n"
+
+
+def test_gradcheck_negative_seed_is_one_line():
+    line = _one_line_error(runner.invoke(app, ["gradcheck", "--seed", "-1"]))
+    assert line == "error: seed must be an integer >= 0, got -1"
+
+
+@pytest.fixture
+def no_gpu(monkeypatch):
+    """The cuda backend as on a machine with neither a GPU nor NUMBA_ENABLE_CUDASIM=1."""
+    from numbaconv import get_backend
+
+    nb = get_backend("cuda")   # the simulator (conftest), imported before it is switched off
+    monkeypatch.setattr(nb, "SIMULATOR", False)
+    monkeypatch.setattr(nb, "is_available", lambda: False)
+
+
+NO_GPU_LINE = ("error: backend 'cuda' needs a CUDA GPU and none was found; use --backend cpu (or set "
+               "NUMBA_ENABLE_CUDASIM=1 to run the cuda kernels in the slow simulator)")
+
+
+def test_gradcheck_cuda_without_gpu_is_one_line(no_gpu):
+    assert _one_line_error(runner.invoke(app, ["gradcheck", "--backend", "cuda"])) == NO_GPU_LINE
+
+
+def _tiny_checkpoint(path, **edit):
+    import numpy as np
+
+    from numbaconv.checkpoint import save_checkpoint
+    from numbaconv.models import DeepConvNet
+
+    m = DeepConvNet(input_dims=(3, 32, 32), num_filters=[2], max_pools=[0], batchnorm=True, backend="reference",
+                    seed=0)
+    for key, value in edit.items():   # a weight, or the running variance, set to one value
+        arrays = m.bn_params[0] if key == "running_var" else m.params
+        arrays[key] = np.full_like(arrays[key], value)
+    save_checkpoint(path, m, which="model", data_info={"name": "synthetic"})
+    return path
+
+
+def test_evaluate_cuda_without_gpu_is_one_line(no_gpu, tmp_path):
+    ck = _tiny_checkpoint(tmp_path / "m.h5")
+    before = sorted(tmp_path.iterdir())
+    line = _one_line_error(runner.invoke(app, ["evaluate", str(ck), "--backend", "cuda"]))
+    assert line == NO_GPU_LINE
+    assert sorted(tmp_path.iterdir()) == before   # nothing left behind
+
+
+@pytest.mark.parametrize("edit, message", [
+    ({"W1": float("nan")}, "params/W1 holds 54 NaN or infinite values"),
+    ({"running_var": -1.0}, "bn/0/running_var holds 2 negative variances"),
+])
+def test_evaluate_refuses_a_damaged_checkpoint(tmp_path, edit, message):
+    ck = _tiny_checkpoint(tmp_path / "m.h5", **edit)
+    line = _one_line_error(runner.invoke(app, ["evaluate", str(ck)]))
+    assert line == f"error: checkpoint {ck} is damaged: {message}; use another checkpoint or train again"
+
+
+# ------------------------------------------------------------- visualize-filters
+def test_stem_projection_is_the_composition_of_the_two_convs():
+    import numpy as np
+
+    from numbaconv import get_backend
+    from numbaconv.models import FastNet
+    from numbaconv.plots import input_filters
+
+    Conv = get_backend("reference").Conv
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 3, 12, 12))
+    for stride in (1, 2):
+        m = FastNet(input_dims=(3, 12, 12), stem=0, widths=[4], whiten=5, whiten_stride=stride, dtype=np.float64,
+                    backend="reference", seed=1)
+        m.fit_whitening(rng.standard_normal((20, 3, 12, 12)))
+        (_, stem), (label, eff) = input_filters(m)
+        assert stem.shape == (5, 3, 2, 2)
+        zero_b = np.zeros(5)
+        h, _ = Conv.forward(x, m.params["whiten_W"], zero_b, m.whiten_conv_param)
+        y, _ = Conv.forward(h, m.params["W1"], np.zeros(4), {"stride": 1, "pad": 1})
+        if stride == 2:   # 3x3 taps of 2x2 windows: 6x6 pixels at stride 2; compare away from the padded border
+            assert eff.shape == (4, 3, 6, 6) and "6x6 pixels" in label
+            direct, _ = Conv.forward(x, eff, np.zeros(4), {"stride": 2, "pad": 0})
+            np.testing.assert_allclose(direct, y[:, :, 1:-1, 1:-1], rtol=1e-10, atol=1e-10)
+        else:             # a 3x3 conv of 2x2 windows: 4x4 pixels, reaching 2 up/left and 1 down/right
+            assert eff.shape == (4, 3, 4, 4) and "4x4 pixels" in label
+            direct, _ = Conv.forward(x[:, :, :, :], eff, np.zeros(4), {"stride": 1, "pad": 0})
+            np.testing.assert_allclose(direct, y[:, :, 2:-1, 2:-1], rtol=1e-10, atol=1e-10)
+
+
+def test_visualize_filters_of_a_whitened_net_writes_beside_the_checkpoint(tmp_path, monkeypatch):
+    import numpy as np
+
+    from numbaconv.checkpoint import save_checkpoint
+    from numbaconv.models import FastNet
+
+    m = FastNet(input_dims=(3, 8, 8), stem=0, widths=[4], whiten=12, whiten_stride=2, backend="reference", seed=0)
+    m.fit_whitening(np.random.default_rng(0).standard_normal((20, 3, 8, 8)))
+    run = tmp_path / "run"
+    run.mkdir()
+    save_checkpoint(run / "best.h5", m, which="model")
+    cwd = tmp_path / "elsewhere"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    result = runner.invoke(app, ["visualize-filters", str(run / "best.h5")])
+    assert result.exit_code == 0, result.output
+    assert "whitening stem" in result.output and "12x3x2x2" in result.output
+    assert "first trained conv through the stem" in result.output and "4x3x6x6" in result.output
+    assert sorted(p.name for p in run.iterdir()) == ["best-filters.png", "best.h5"]
+    assert not list(cwd.iterdir())   # nothing in the current folder
+    from PIL import Image
+
+    assert Image.open(run / "best-filters.png").size == (1200, 600)   # two 6-inch panels at 100 dpi
+
+
+def test_visualize_filters_unwritable_output_is_one_line(tmp_path):
+    ck = _tiny_checkpoint(tmp_path / "m.h5")
+    (tmp_path / "file").write_text("x")
+    line = _one_line_error(runner.invoke(app, ["visualize-filters", str(ck), "-o", str(tmp_path / "file" / "f.png")]))
+    assert line.startswith(f"error: cannot visualize {ck}: ")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file", "m.h5"]
+

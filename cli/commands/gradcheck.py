@@ -4,14 +4,14 @@ import typer
 from rich.table import Table
 
 from ..choices import Backend, DType
-from ..console import console
+from ..console import console, fail
 
 
 def gradcheck(
     backend: Backend = typer.Option(Backend.reference, help="Backend whose layers are checked."),
     dtype: DType = typer.Option(DType.float64, help="float64 uses the assignment's thresholds; float32 is "
                                 "compared with a float64 numeric gradient at 1e-3."),
-    seed: int = typer.Option(0, help="Seed for the random inputs."),
+    seed: int = typer.Option(0, help="Seed for the random inputs (an integer >= 0)."),
 ) -> None:
     """Check every layer's and sandwich layer's backward pass against numeric gradients.
 
@@ -20,8 +20,11 @@ def gradcheck(
     """
     from numbaconv.gradcheck import check_backend
 
-    with console.status(f"checking {backend.value} layers in {dtype.value}..."):
-        results = check_backend(backend.value, dtype.value, seed)
+    try:
+        with console.status(f"checking {backend.value} layers in {dtype.value}..."):
+            results = check_backend(backend.value, dtype.value, seed)
+    except ValueError as e:   # a bad seed, or a backend that cannot run here
+        raise fail(str(e), 2) from None
     table = Table(title=f"gradient check: backend={backend.value} dtype={dtype.value} seed={seed}")
     for col, justify in (("layer", "left"), ("gradient", "left"), ("relative error", "right"),
                          ("threshold", "right"), ("result", "center")):

@@ -1,7 +1,8 @@
-"""`numbaconv visualize-filters`: the first conv layer's filters of a checkpoint as a PNG."""
+"""`numbaconv visualize-filters`: what a checkpoint's first layer looks for in the image, as a PNG."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Optional
 
 import typer
 from rich.table import Table
@@ -11,23 +12,30 @@ from ..console import console, fail
 
 def visualize_filters(
     checkpoint: Path = typer.Argument(..., help="A checkpoint (best.h5 or last.h5 of a run)."),
-    output: Path = typer.Option(Path("filters.png"), "-o", "--output", help="PNG to write."),
+    output: Optional[Path] = typer.Option(None, "-o", "--output",
+                                          help="PNG to write (default: beside the checkpoint, NAME-filters.png)."),
 ) -> None:
-    """Draw the first conv layer's filters as a grid of colour tiles, each normalised to [0, 1] on its own."""
-    from numbaconv.checkpoint import load_checkpoint
-    from numbaconv.plots import plot_filters
+    """Draw the first conv layer's filters as a grid of colour tiles, each normalised to [0, 1] on its own.
 
+    For a model with a fixed whitening stem (the fast recipe), draws the stem's filters and
+    the first trained conv projected through the stem onto the pixels, side by side.
+    """
+    from numbaconv.checkpoint import load_checkpoint
+    from numbaconv.plots import input_filters, plot_filters
+
+    output = output or checkpoint.with_name(f"{checkpoint.stem}-filters.png")
     try:
         ck = load_checkpoint(checkpoint)
-        w = ck.model.params.get("W1")
-        if w is None or w.ndim != 4:
-            raise ValueError(f"the model's W1 is not a conv weight (F, C, K, K): {getattr(w, 'shape', None)}")
-        out = plot_filters(w, output, title=f"first-layer filters of {checkpoint.name} ({ck.model.kind})")
+        panels = input_filters(ck.model)
+        out = plot_filters(panels if len(panels) > 1 else panels[0][1], output,
+                           title=f"{panels[0][0] if len(panels) == 1 else 'filters'} of {checkpoint.name} "
+                                 f"({ck.model.kind})")
     except (OSError, ValueError) as e:
         raise fail(f"cannot visualize {checkpoint}: {e}", 2) from None
     t = Table(title=str(checkpoint), show_header=False)
-    t.add_row("filters", "x".join(map(str, w.shape)))
-    t.add_row("weight range", f"[{float(w.min()):.4g}, {float(w.max()):.4g}]")
+    for label, w in panels:
+        t.add_row(label.split(":")[0].split(" (")[0], f"{'x'.join(map(str, w.shape))}, "
+                  f"range [{float(w.min()):.4g}, {float(w.max()):.4g}]")
     t.add_row("figure", str(out))
     console.print(t)
 
