@@ -182,3 +182,66 @@ def test_visualize_filters_unwritable_output_is_one_line(tmp_path):
     assert line.startswith(f"error: cannot visualize {ck}: ")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file", "m.h5"]
 
+
+def _h5_edit(path, edit):
+    import h5py
+
+    with h5py.File(path, "r+") as f:
+        edit(f)
+
+
+def _set_json(f, name, **changes):
+    import json
+
+    value = {**json.loads(f[name].asstr()[()]), **changes}
+    del f[name]
+    f[name] = json.dumps(value)
+
+
+@pytest.fixture
+def long_lines(monkeypatch):
+    """Error lines that name a long tmp path and a whole config stay on one terminal line."""
+    from numbaconv_cli import console as c
+
+    monkeypatch.setattr(c.err_console, "width", 1000)
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda f: (f["params"].pop("W1"), f["params"].create_dataset("W1", data="0.5")),
+     "params/W1 holds a string, not numbers"),
+    # stored: conv 3 -> 2 (54 + 3 * 2) and linear 2 * 16 * 16 -> 10 (5,130); asked: conv 3 -> 2e5
+    # (5.4e6 + 6e5) and linear 2e5 * 16 * 16 -> 10 (512,000,010)
+    (lambda f: _set_json(f, "model_config", num_filters=[200000]),
+     "asks for 518,000,010 weights but params holds 5,190: the config does not belong to these weights"),
+])
+def test_evaluate_refuses_a_malformed_checkpoint_in_one_line(tmp_path, long_lines, edit, message):
+    ck = _tiny_checkpoint(tmp_path / "m.h5")
+    _h5_edit(ck, edit)
+    line = _one_line_error(runner.invoke(app, ["evaluate", str(ck)]))
+    assert line.startswith(f"error: checkpoint {ck}") and message in line
+    assert [p.name for p in tmp_path.iterdir()] == ["m.h5"]
+
+
+def test_resume_refuses_missing_optimizer_state_and_leaves_the_run_alone(tmp_path, long_lines):
+    import numpy as np
+
+    from numbaconv.models import DeepConvNet
+    from numbaconv.solver import Solver
+
+    rng = np.random.default_rng(0)
+    X, y = rng.standard_normal((12, 3, 4, 4)).astype(np.float32), rng.integers(0, 10, 12)
+    s = Solver(DeepConvNet(input_dims=(3, 4, 4), num_filters=[2], max_pools=[0], backend="reference", seed=0),
+               {"X_train": X[:8], "y_train": y[:8], "X_val": X[8:], "y_val": y[8:]}, update_rule="adam",
+               batch_size=4, num_epochs=1, seed=0, verbose=False)
+    s.train()
+    run = tmp_path / "run"
+    run.mkdir()
+    s.save_checkpoint(run / "last.h5", "last", data_info={"name": "synthetic"})
+    _h5_edit(run / "last.h5", lambda f: (f["solver/optim/b2"].pop("v"), f["solver/optim/b2"].pop("t")))
+    before = {p.name: p.read_bytes() for p in run.iterdir()}
+    line = _one_line_error(runner.invoke(app, ["train", "--resume", str(run / "last.h5"), "--out", str(run),
+                                               "--epochs", "2"]))
+    assert line == (f"error: checkpoint {run / 'last.h5'} is damaged: solver/optim/b2 has no t, v after 2 adam steps "
+                    "(resuming would restart them); use another checkpoint or train again")
+    assert {p.name: p.read_bytes() for p in run.iterdir()} == before   # nothing written, nothing left behind
+
