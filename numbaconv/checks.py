@@ -57,11 +57,15 @@ def _shape(a: Any) -> tuple:
 
 
 def check_array(name: str, a: Any, ndim: int | tuple[int, ...] | None = None) -> None:
-    """``a`` must be an array of float32/float64 with the given rank."""
+    """``a`` must be an array of float32/float64 with the given rank (any rank >= 1
+    when ``ndim`` is None: every layer's arrays have a batch axis, so a 0-d array is
+    refused here, the same in every backend)."""
     if not hasattr(a, "shape") or not hasattr(a, "dtype"):
-        raise ValueError(f"{name} must be an array, got {type(a).__name__}")
+        raise ValueError(f"{name} must be an array, got {type(a).__name__} (convert it with numpy.asarray)")
     if np.dtype(a.dtype) not in FLOAT_DTYPES:
         raise ValueError(f"{name} must be float32 or float64, got dtype {a.dtype} with shape {_shape(a)}")
+    if ndim is None and a.ndim == 0:
+        raise ValueError(f"{name} must have at least one dimension, got a 0-d array (reshape it to shape (1,))")
     if ndim is not None:
         allowed = (ndim,) if isinstance(ndim, int) else ndim
         if a.ndim not in allowed:
@@ -159,8 +163,11 @@ def pool_geometry(x: Any, pool_param: Any) -> PoolGeometry:
 def batchnorm_params(x: Any, gamma: Any, beta: Any, bn_param: Any, spatial: bool) -> BatchNormParams:
     """Validate a (spatial) batch-norm call; returns mode, eps and momentum.
 
-    The running statistics, when present in ``bn_param``, must match the feature
-    count; they are created by the backend on first use.
+    x must hold at least one sample and one feature, in either mode (as conv and
+    pool, batch norm refuses an empty batch rather than return an empty one). The
+    running statistics, when present in ``bn_param``, must be float arrays (NumPy,
+    or device arrays on cuda; a list is refused, naming the key) of one value per
+    feature; they are created by the backend on first use and used in x's dtype.
     """
     check_array("x", x, 4 if spatial else 2)
     check_array("gamma", gamma, 1)
@@ -180,12 +187,15 @@ def batchnorm_params(x: Any, gamma: Any, beta: Any, bn_param: Any, spatial: bool
     if eps <= 0:
         raise ValueError(f"bn_param['eps'] must be > 0, got {eps!r}")
     momentum = _float_param(bn_param, "bn_param", "momentum", 0.9, 0.0, 1.0)
-    count = int(np.prod(x.shape)) // max(features, 1)
-    if mode == "train" and count < 1:
-        raise ValueError(f"batch norm in train mode needs at least one sample, got x of shape {_shape(x)}")
+    if math.prod(_shape(x)) == 0:
+        raise ValueError(f"batch norm needs a non-empty x (at least one sample and one of the {what}), "
+                         f"got shape {_shape(x)}")
     for key in ("running_mean", "running_var"):
         r = bn_param.get(key)
-        if r is not None and _shape(r) != (features,):
+        if r is None:
+            continue
+        check_array(f"bn_param[{key!r}]", r)
+        if _shape(r) != (features,):
             raise ValueError(f"bn_param[{key!r}] has shape {_shape(r)} but x {_shape(x)} has {features} {what}")
     if mode == "test" and (bn_param.get("running_mean") is None or bn_param.get("running_var") is None):
         raise ValueError("batch norm in test mode needs bn_param['running_mean'] and ['running_var'] (run train mode first)")
@@ -198,8 +208,6 @@ def linear_shapes(x: Any, w: Any, b: Any) -> tuple[int, int, int]:
     check_array("w", w, 2)
     check_array("b", b, 1)
     common_dtype(x=x, w=w, b=b)
-    if x.ndim < 1:
-        raise ValueError(f"x must have a batch dimension, got shape {_shape(x)}")
     N = int(x.shape[0])
     D = int(np.prod(x.shape[1:], dtype=np.int64)) if x.ndim > 1 else 1
     Dw, M = _shape(w)

@@ -88,3 +88,34 @@ def test_backward_rejects_wrong_dout(nb):
 def test_non_array_input(nb):
     with pytest.raises(ValueError, match=r"x must be an array, got list"):
         nb.ReLU.forward([1.0, -1.0])
+
+
+@pytest.mark.parametrize("call", [
+    lambda nb: nb.ReLU.forward(np.array(1.0)),
+    lambda nb: nb.Linear.forward(np.array(1.0), np.zeros((1, 2)), np.zeros(2)),
+])
+def test_zero_dimensional_input_is_refused(nb, call):
+    with pytest.raises(ValueError, match=r"x must have at least one dimension, got a 0-d array"):
+        call(nb)
+
+
+@pytest.mark.parametrize("mode", ["train", "test"])
+@pytest.mark.parametrize("layer, x", [("BatchNorm", np.zeros((0, 3))), ("BatchNorm", np.zeros((2, 0))),
+                                      ("SpatialBatchNorm", np.zeros((0, 3, 2, 2)))])
+def test_batchnorm_refuses_an_empty_batch_in_both_modes(nb, layer, x, mode):
+    C = x.shape[1]
+    bn_param = {"mode": mode, "running_mean": np.zeros(C), "running_var": np.ones(C)}
+    with pytest.raises(ValueError, match=r"batch norm needs a non-empty x \(at least one sample and one of the "
+                                         + r"(features D|channels C)\), got shape \(" + str(x.shape[0])):
+        getattr(nb, layer).forward(x, np.ones(C), np.zeros(C), bn_param)
+
+
+@pytest.mark.parametrize("key", ["running_mean", "running_var"])
+def test_batchnorm_running_stats_must_be_arrays(nb, key):
+    bn_param = {"mode": "test", "running_mean": np.zeros(3), "running_var": np.ones(3)}
+    bn_param[key] = [0.0, 1.0, 2.0]
+    with pytest.raises(ValueError, match=rf"bn_param\['{key}'\] must be an array, got list \(convert it with numpy"):
+        nb.BatchNorm.forward(np.zeros((5, 3)), np.ones(3), np.zeros(3), bn_param)
+    bn_param[key] = np.zeros(3, np.int64)
+    with pytest.raises(ValueError, match=rf"bn_param\['{key}'\] must be float32 or float64, got dtype int64"):
+        nb.BatchNorm.forward(np.zeros((5, 3)), np.ones(3), np.zeros(3), bn_param)

@@ -126,3 +126,61 @@ def test_sandwich_equals_its_layers(backend_name, rng):
     a, _ = nb_.Conv.forward(x, w, b, cp)
     expected, _ = nb_.MaxPool.forward(np.maximum(a, 0), pp)
     np.testing.assert_array_equal(out, expected)
+
+
+# --------------------------------------------------------------------------- special values (README, Conventions)
+
+def test_maxpool_nan_propagates_and_takes_the_gradient(nb):
+    # window 1: NaN after the maximum; window 2: two NaNs (the first one wins); window 3: no NaN,
+    # -0.0 before 0.0 (a tie: the first, -0.0, is the output); window 4: all -inf
+    nan, inf = np.nan, np.inf
+    x = np.array([[1.0, nan, 5.0, 5.0, -0.0, 0.0, -inf, -inf],
+                  [3.0, 2.0, nan, nan, -1.0, 0.0, -inf, -inf]])[None, None]
+    pp = {"pool_height": 2, "pool_width": 2, "stride": 2}
+    out, cache = nb.MaxPool.forward(x, pp)
+    np.testing.assert_array_equal(out[0, 0], [[nan, nan, 0.0, -inf]])
+    assert np.signbit(out[0, 0, 0, 2])
+    dx = nb.MaxPool.backward(np.array([[[[1.0, 2.0, 3.0, 4.0]]]]), cache)
+    np.testing.assert_array_equal(dx[0, 0], [[0.0, 1.0, 0.0, 0.0, 3.0, 0.0, 4.0, 0.0],
+                                             [0.0, 0.0, 2.0, 0.0, 0.0, 0.0, 0.0, 0.0]])
+
+
+def test_relu_nan_inf_and_signed_zero(nb, backend_name, request):
+    from test_properties import CUDA_RELU_NAN
+
+    if backend_name == "cuda":
+        request.applymarker(CUDA_RELU_NAN)
+    x = np.array([np.nan, -0.0, 0.0, -1.0, 2.0, np.inf, -np.inf])
+    out, cache = nb.ReLU.forward(x)
+    np.testing.assert_array_equal(out, [np.nan, 0.0, 0.0, 0.0, 2.0, np.inf, 0.0])   # as PyTorch: x <= 0 ? 0 : x
+    assert not np.signbit(out[1:]).any()
+    dx = nb.ReLU.backward(np.arange(1.0, 8.0), cache)
+    np.testing.assert_array_equal(dx, [1.0, 0.0, 0.0, 0.0, 5.0, 6.0, 0.0])   # dout passes at NaN
+
+
+def test_relu_and_linear_accept_empty_arrays(nb):
+    out, cache = nb.ReLU.forward(np.zeros((0, 3), np.float32))
+    assert out.shape == (0, 3) and out.dtype == np.float32
+    assert nb.ReLU.backward(np.zeros((0, 3), np.float32), cache).shape == (0, 3)
+    out, cache = nb.Linear.forward(np.zeros((0, 3)), np.ones((3, 2)), np.ones(2))
+    assert out.shape == (0, 2)
+    dx, dw, db = nb.Linear.backward(np.zeros((0, 2)), cache)
+    assert dx.shape == (0, 3)
+    np.testing.assert_array_equal(dw, np.zeros((3, 2)))
+    np.testing.assert_array_equal(db, np.zeros(2))
+
+
+@pytest.mark.parametrize("layer, shape", [("BatchNorm", (4, 2)), ("SpatialBatchNorm", (2, 2, 3, 3))])
+def test_batchnorm_running_stats_are_used_in_x_dtype(nb, rng, layer, shape):
+    # float64 statistics (as a checkpoint may hold them) with float32 x: computed in float32
+    x = rng.standard_normal(shape).astype(np.float32)
+    gamma, beta = np.ones(2, np.float32), np.zeros(2, np.float32)
+    stats = {"running_mean": np.array([0.5, -1.0]), "running_var": np.array([2.0, 0.25])}
+    out, _ = getattr(nb, layer).forward(x, gamma, beta, {"mode": "test", **stats})
+    assert out.dtype == np.float32
+    as32 = {k: v.astype(np.float32) for k, v in stats.items()}
+    expected, _ = getattr(nb, layer).forward(x, gamma, beta, {"mode": "test", **as32})
+    np.testing.assert_array_equal(out, expected)
+    p = {"mode": "train", **stats}
+    getattr(nb, layer).forward(x, gamma, beta, p)
+    assert p["running_mean"].dtype == p["running_var"].dtype == np.float32

@@ -97,10 +97,11 @@ def _bn_backward(dout, x, mean, std, gamma, train, staged, dx, dgamma, dbeta):
 
 
 def _running_stats(bn_param, C, dtype):
+    """The running statistics in x's dtype (created as zeros on first use)."""
     for key in ("running_mean", "running_var"):
         if bn_param.get(key) is None:
             bn_param[key] = np.zeros(C, dtype=dtype)
-    return bn_param["running_mean"], bn_param["running_var"]
+    return (np.asarray(bn_param["running_mean"], dtype=dtype), np.asarray(bn_param["running_var"], dtype=dtype))
 
 
 def _forward(x, gamma, beta, bn_param, spatial):

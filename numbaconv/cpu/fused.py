@@ -99,11 +99,12 @@ def _bn_relu_pool(a, W, mean, std, gamma, beta, pool, ph, pw, stride, W_out, out
             on = out[n, c]
             if not pool:
                 for p in range(P):
-                    on[p] = r[p] if r[p] > 0 else 0
+                    on[p] = 0 if r[p] <= 0 else r[p]   # ReLU; NaN stays NaN
                 continue
-            # max(relu(v)) = relu(max(v)). Where a window's max is not positive the recorded
-            # element may differ from the composition's (its first element), but ReLU gives
-            # both a zero gradient, so outputs and gradients agree.
+            # max(relu(v)) = relu(max(v)), NaN included (ReLU keeps NaN, the max takes the
+            # first NaN). Where a window's max is not positive the recorded element may differ
+            # from the composition's (its first element), but ReLU gives both a zero gradient,
+            # so outputs and gradients agree.
             argn = arg[n, c]
             hmn = hm[n, c]
             for i in range(Q // W_out):
@@ -113,14 +114,15 @@ def _bn_relu_pool(a, W, mean, std, gamma, beta, pool, ph, pw, stride, W_out, out
                     for k in range(ph):
                         for l in range(pw):
                             p = (i * stride + k) * W + j * stride + l
-                            # strict: ties keep the first maximum. Written as selects, not a
-                            # branch: on real activations the comparison is a coin flip, and
-                            # mispredicted branches cost more than the rest of the loop
-                            take = r[p] > best
+                            # r[p] > best or r[p] is NaN, unless best already is NaN: ties keep
+                            # the first maximum, the first NaN wins and stays. Written as selects,
+                            # not a branch: on real activations the comparison is a coin flip,
+                            # and mispredicted branches cost more than the rest of the loop
+                            take = (not (r[p] <= best)) & (best == best)
                             best = r[p] if take else best
                             at = p if take else at
                     q = i * W_out + j
-                    on[q] = best if best > 0 else 0
+                    on[q] = 0 if best <= 0 else best
                     argn[q] = at
                     hmn[q] = (an[at] - mu) * inv
 
@@ -128,7 +130,8 @@ def _bn_relu_pool(a, W, mean, std, gamma, beta, pool, ph, pw, stride, W_out, out
 @njit(parallel=True, cache=True)
 def _bn_grad_sums(dout, out, hm, a, mean, std, pool, sb_out, sg_out):
     # dbeta = sum of dan, dgamma = sum of dan * xhat, where dan (the gradient at bn's
-    # output) is dout where the output is positive (ReLU), at the recorded maxima (pool)
+    # output) is dout except where the output is <= 0 (ReLU; NaN passes), at the recorded
+    # maxima (pool)
     N, C, Q = dout.shape
     for c in prange(C):
         mu = mean[c]
@@ -142,13 +145,13 @@ def _bn_grad_sums(dout, out, hm, a, mean, std, pool, sb_out, sg_out):
             if pool:
                 hn = hm[n, c]
                 for q in range(Q):
-                    d = np.float64(dn[q]) if on[q] > 0 else 0.0
+                    d = 0.0 if on[q] <= 0 else np.float64(dn[q])
                     sb += d
                     sg += d * hn[q]
             else:
                 an = a[n, c]
                 for q in range(Q):
-                    d = np.float64(dn[q]) if on[q] > 0 else 0.0
+                    d = 0.0 if on[q] <= 0 else np.float64(dn[q])
                     sb += d
                     sg += d * ((an[q] - mu) * inv)
         sb_out[c] = sb
@@ -156,10 +159,10 @@ def _bn_grad_sums(dout, out, hm, a, mean, std, pool, sb_out, sg_out):
 
 
 @njit(parallel=True, cache=True)
-def _bn_conv_backward(x, w2, HH, WW, stride, pad, HWo, a, mean, std, gamma, ga, gb, dout, out, arg, pool,
+def _bn_conv_backward(x, w2, HH, WW, stride, pad, HWo, a, mean, std, gamma, train, ga, gb, dout, out, arg, pool,
                       need_dx, dx, dw_part, db_part):
-    # per image: da = -ga - xhat * gb everywhere, plus gamma/std * dan where dan is nonzero
-    # (batch norm's closed-form backward; ga = gb = 0 in test mode), then conv's backward
+    # per image: da = -ga - xhat * gb everywhere (train mode; batch norm's closed-form
+    # backward), plus gamma/std * dan where dan is nonzero, then conv's backward
     # a, dout, out, arg flattened to (N, C, P or Q) by the caller
     N, F, P = a.shape
     H_out, W_out = HWo
@@ -181,17 +184,20 @@ def _bn_conv_backward(x, w2, HH, WW, stride, pad, HWo, a, mean, std, gamma, ga, 
                 gi = np.float64(gamma[f]) * inv
                 an = a[n, f]
                 row = dn[f]
-                for p in range(P):
-                    row[p] = -ga[f] - ((an[p] - mu) * inv) * gb[f]
+                if train:
+                    for p in range(P):
+                        row[p] = -ga[f] - ((an[p] - mu) * inv) * gb[f]
+                else:   # the statistics are constants: no such term (so an infinite xhat gives no 0 * inf)
+                    row[:] = 0.0
                 do = dout[n, f]
                 on = out[n, f]
                 if pool:   # adding 0 where ReLU blocked: no branch to mispredict
                     at = arg[n, f]
                     for q in range(Q):
-                        row[at[q]] = row[at[q]] + (gi * np.float64(do[q]) if on[q] > 0 else 0.0)
+                        row[at[q]] = row[at[q]] + (0.0 if on[q] <= 0 else gi * np.float64(do[q]))
                 else:
                     for q in range(Q):
-                        row[q] = row[q] + (gi * np.float64(do[q]) if on[q] > 0 else 0.0)
+                        row[q] = row[q] + (0.0 if on[q] <= 0 else gi * np.float64(do[q]))
             _backward_image(x[n], w2, dn, HH, WW, stride, pad, H_out, W_out, need_dx, dx[n],
                             dw_part[t], db_part[t], cols, dcols, xpad, dxpad)
 
@@ -263,7 +269,7 @@ def _backward(dout, cache, layer, need_dx):
         dw_part = np.empty((T,) + w2.shape, dtype=x.dtype)
         db_part = np.empty((T, w2.shape[0]), dtype=x.dtype)
         _bn_conv_backward(x, w2, cg.HH, cg.WW, cg.stride, cg.pad, (cg.H_out, cg.W_out), _flat(a), mean, std, gamma,
-                          ga, gb, _flat(dout), _flat(out), _flat(arg), pool, need_dx, dx, dw_part, db_part)
+                          train, ga, gb, _flat(dout), _flat(out), _flat(arg), pool, need_dx, dx, dw_part, db_part)
     return ((dx if need_dx else None), dw_part.sum(axis=0).reshape(w_shape), db_part.sum(axis=0),
             sg.astype(a.dtype), sb.astype(a.dtype))
 

@@ -1,7 +1,7 @@
 """Max pooling: parallel over (image, channel) planes; each plane is one iteration's own.
 
 Forward records, per output element, the flat index of the window's first
-maximum (row-major order, the shared tie rule); backward scatters dout to those
+NaN, or else its first maximum (row-major order: the shared rule); backward scatters dout to those
 indices plane by plane in the reference's order, so overlapping windows add up
 in the same order and float64 results match the reference exactly.
 """
@@ -29,7 +29,9 @@ def _pool_forward(x, ph, pw, stride, out, arg):
                 for k in range(ph):
                     for l in range(pw):
                         v = plane[y0 + k, x0 + l]
-                        if v > best:  # strict: ties keep the first maximum
+                        # v > best or v is NaN, unless best already is NaN: ties keep the
+                        # first maximum, and the first NaN wins and stays
+                        if not (v <= best) and best == best:
                             best = v
                             at = (y0 + k) * W + x0 + l
                 out[n, c, i, j] = best
@@ -64,7 +66,7 @@ class MaxPool:
 
     @staticmethod
     def backward(dout, cache):
-        """dx: each window's gradient goes to its first maximum."""
+        """dx: each window's gradient goes to its first NaN, else its first maximum."""
         arg, dtype, g = cache
         check_dout(dout, (g.N, g.C, g.H_out, g.W_out), dtype, "MaxPool")
         dx = np.empty((g.N, g.C, g.H, g.W), dtype=dtype)

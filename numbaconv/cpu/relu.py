@@ -9,19 +9,19 @@ from ._blas import kernel_threads
 def _relu_forward(x, out):
     for i in prange(x.size):
         v = x[i]
-        out[i] = v if v > 0 else 0
+        out[i] = 0 if v <= 0 else v  # NaN stays NaN
 
 
 @njit(parallel=True, cache=True)
 def _relu_backward(dout, x, dx):
     for i in prange(x.size):
-        dx[i] = dout[i] if x[i] > 0 else 0
+        dx[i] = 0 if x[i] <= 0 else dout[i]  # dout passes at NaN
 
 
 class ReLU:
     @staticmethod
     def forward(x):
-        """out = max(0, x), elementwise; any shape."""
+        """out = max(0, x), elementwise, NaN stays NaN; any shape of at least one dimension."""
         check_array("x", x)
         x = np.ascontiguousarray(x)
         out = np.empty_like(x)
@@ -31,7 +31,7 @@ class ReLU:
 
     @staticmethod
     def backward(dout, cache):
-        """dx = dout where x > 0 (the gradient at exactly 0 is taken as 0)."""
+        """dx = dout except where x <= 0 (so dout passes at NaN, as in PyTorch)."""
         x = cache
         check_dout(dout, x.shape, x.dtype, "ReLU")
         dx = np.empty_like(x)

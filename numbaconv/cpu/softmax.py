@@ -19,9 +19,9 @@ def _softmax_rows(x, y, dx, losses):
             z += np.exp(x[n, c] - m)
         logz = np.log(z)
         losses[n] = logz - (x[n, y[n]] - m)
-        for c in range(C):
-            dx[n, c] = np.exp(x[n, c] - m - logz) / N
-        dx[n, y[n]] -= 1.0 / N
+        for c in range(C):  # (p - onehot) / N, rounded once: a certain class gets exactly 0
+            p = np.exp(x[n, c] - m - logz)
+            dx[n, c] = ((p - 1.0) if c == y[n] else p) / N
 
 
 def softmax_loss(x, y):

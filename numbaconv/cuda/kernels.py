@@ -369,8 +369,8 @@ def _make_conv_backward_dx(dt):
 @kernel("maxpool_forward", "AAIiiiiiiiii")
 def _make_maxpool_forward(dt):
     def maxpool_forward(x, out, argmax, N, C, H, W, ph, pw, stride, Ho, Wo):
-        # One thread per output; argmax keeps the first maximum in row-major window
-        # order (strict '>'), as an index into the (H, W) plane.
+        # One thread per output; argmax keeps the first NaN of the window, else its
+        # first maximum, in row-major window order, as an index into the (H, W) plane.
         total = N * C * Ho * Wo
         for e in range(cuda.grid(1), total, cuda.gridsize(1)):
             plane = e // (Ho * Wo)
@@ -384,7 +384,8 @@ def _make_maxpool_forward(dt):
                 for l in range(pw):
                     at = (i * stride + k) * W + j * stride + l
                     v = x[base + at]
-                    if v > best:
+                    # v > best or v is NaN, unless best already is NaN (NaN propagates)
+                    if not (v <= best) and best == best:
                         best = v
                         best_at = at
             out[e] = best

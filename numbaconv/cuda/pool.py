@@ -1,5 +1,6 @@
-"""Max pooling: one thread per output forward (records the first maximum), one
-thread per input element backward (gathers from the windows it won)."""
+"""Max pooling: one thread per output forward (records the first NaN, else the
+first maximum), one thread per input element backward (gathers from the windows
+it won)."""
 import numpy as np
 
 from ..checks import check_dout, pool_geometry
@@ -22,7 +23,7 @@ class MaxPool:
 
     @staticmethod
     def backward(dout, cache):
-        """dx: each window's gradient goes to its first maximum (row-major)."""
+        """dx: each window's gradient goes to its first NaN, else its first maximum (row-major)."""
         argmax, g, dtype = cache
         check_dout(dout, (g.N, g.C, g.H_out, g.W_out), dtype, "MaxPool")
         dd = as_device(dout)

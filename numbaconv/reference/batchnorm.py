@@ -12,10 +12,11 @@ from ..checks import batchnorm_params, check_dout
 
 
 def _running_stats(bn_param, D, dtype):
+    """The running statistics in x's dtype (created as zeros on first use)."""
     for key in ("running_mean", "running_var"):
         if bn_param.get(key) is None:
             bn_param[key] = np.zeros(D, dtype=dtype)
-    return bn_param["running_mean"], bn_param["running_var"]
+    return (np.asarray(bn_param["running_mean"], dtype=dtype), np.asarray(bn_param["running_var"], dtype=dtype))
 
 
 class BatchNorm:
