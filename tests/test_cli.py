@@ -245,3 +245,20 @@ def test_resume_refuses_missing_optimizer_state_and_leaves_the_run_alone(tmp_pat
                     "(resuming would restart them); use another checkpoint or train again")
     assert {p.name: p.read_bytes() for p in run.iterdir()} == before   # nothing written, nothing left behind
 
+
+@pytest.mark.parametrize("history, output, message", [
+    ({"loss": "2.3, 2.1"}, None, "history has no epoch, iteration, time, lr, train_acc, val_acc list"),
+    ({"loss": [2.3, "x"], "epoch": [], "iteration": [], "time": [], "lr": [], "train_acc": [], "val_acc": []},
+     None, "history['loss'] must be a list of numbers"),
+    ({"loss": [2.3], "epoch": [], "iteration": [], "time": [], "lr": [], "train_acc": [], "val_acc": []},
+     "history.json/curves.png", "File exists"),   # the output folder is a file
+])
+def test_plot_bad_history_or_output_is_one_line(tmp_path, long_lines, history, output, message):
+    import json
+
+    (tmp_path / "history.json").write_text(json.dumps(history))
+    args = ["plot", str(tmp_path)] + (["-o", str(tmp_path / output)] if output else [])
+    line = _one_line_error(runner.invoke(app, args))
+    assert line.startswith(f"error: cannot plot {tmp_path / 'history.json'}: ") and message in line
+    assert [p.name for p in tmp_path.iterdir()] == ["history.json"]
+

@@ -17,14 +17,15 @@ def plot(
 ) -> None:
     """Plot training loss per iteration and train/val accuracy per epoch from RUN_DIR/history.json."""
     from numbaconv.plots import plot_history
+    from numbaconv.solver import History
 
     path = run_dir / "history.json"
     if not path.is_file():
         raise fail(f"{path} not found: RUN_DIR must be a folder written by `numbaconv train`", 2)
     try:
-        history = json.loads(path.read_text())
+        history = History.from_dict(json.loads(path.read_text())).to_dict()   # names a bad or missing list
         out = plot_history(history, output or run_dir / "curves.png", title=f"{run_dir}: training loss")
-    except (ValueError, TypeError) as e:   # bad JSON or a history without the expected lists
+    except (ValueError, OSError) as e:   # bad JSON or history; an output that cannot be written
         raise fail(f"cannot plot {path}: {e}", 2) from None
     t = Table(title=f"{run_dir}", show_header=False)
     t.add_row("iterations", str(len(history["loss"])))
