@@ -17,7 +17,11 @@ Layout of a checkpoint file (attrs ``format="numbaconv-checkpoint"``,
 Files are written to a temporary name in the same folder, synced, and renamed
 over the target, so a crash or Ctrl-C never leaves a half-written checkpoint.
 Loading rebuilds the model from ``model_config`` and reports every weight whose
-name, shape or dtype does not match it.
+name, shape or dtype does not match it. A damaged or crafted file (sizes beyond
+MAX_CHECKPOINT_BYTES, a config asking for more weights than it stores, links, a
+string where numbers belong, NaN weights, a negative running variance, optimizer
+state missing after training steps) is one ValueError naming the entry, raised
+before anything large is allocated.
 """
 from __future__ import annotations
 
