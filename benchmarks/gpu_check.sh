@@ -5,7 +5,9 @@
 #      including the numeric-gradient checks the simulator cannot afford, device
 #      arrays in/out, PTX for sm_90, launch limits;
 #   3. time the layers: numbaconv bench --device cuda --json "$OUT/cuda.json";
-#   4. print a summary against the targets (500x over the reference for conv and
+#   4. time the fused conv-BN-ReLU-pool layer against its composition, kernel by
+#      kernel (benchmarks/cuda_kernel_times.py --op fused|composed);
+#   5. print a summary against the targets (500x over the reference for conv and
 #      max pool forward+backward; conv forward+backward float32 within 3x of PyTorch/cuDNN).
 # Needs python3 with numpy, numba, numba-cuda, h5py, typer, rich, pytest,
 # pytest-benchmark (and torch for the cuDNN column). Results land in $OUT
@@ -82,19 +84,27 @@ fi
 
 status=0
 echo "== cuda tests, natively on the GPU"
-# The shared suites' cuda cases, the cuda-only tests, and the at-scale tests that
-# only run on a GPU. Left out: the PTX and missing-package tests (they run in
-# every CI run, without a GPU, and cost a minute of compiling here).
-timeout 240 python3 -m pytest -q -p no:cacheprovider -o addopts="" -ra \
+# The shared suites' cuda cases (the fused layers' too), the cuda-only tests
+# (transfer counter, interop), and the at-scale tests that only run on a GPU.
+# Left out: the PTX and missing-package tests (they run in every CI run, without
+# a GPU, and cost a minute of compiling here).
+timeout 210 python3 -m pytest -q -p no:cacheprovider -o addopts="" -ra \
   tests/test_conformance.py tests/test_gradients.py tests/test_forward_values.py tests/test_checks.py \
-  tests/test_cuda_backend.py tests/test_cuda_gpu.py -k "cuda or test_cuda_gpu" \
+  tests/test_fused_layers.py tests/test_cuda_backend.py tests/test_cuda_transfers.py tests/test_cuda_gpu.py \
+  -k "cuda or test_cuda_gpu" \
   --deselect tests/test_cuda_backend.py::test_every_kernel_compiles_to_ptx_for_sm90 \
   --deselect tests/test_cuda_backend.py::test_missing_numba_cuda_is_a_clear_import_error \
   --junitxml "$OUT/cuda-tests.xml" 2>&1 | tee "$OUT/cuda-tests.txt" || status=1
 
 echo "== numbaconv bench --device cuda"
-timeout 180 python3 -m numbaconv_cli.main bench --device cuda --dtype float32 --repeat 5 \
+timeout 150 python3 -m numbaconv_cli.main bench --device cuda --dtype float32 --repeat 5 \
   --json "$OUT/cuda.json" 2>&1 | tee "$OUT/bench.txt" || status=1
+
+echo "== conv-BN-ReLU-pool: fused against composed, kernel by kernel"
+for op in fused composed; do
+  timeout 60 python3 benchmarks/cuda_kernel_times.py --op "$op" --repeat 5 --json "$OUT/kernels-$op.json" 2>&1 \
+    | tee "$OUT/kernels-$op.txt" || status=1
+done
 
 echo "== summary"
 python3 - "$OUT" "$status" <<'EOF'
@@ -127,6 +137,18 @@ ratios = [r["ms"] / r["torch_ms"] for r in rows
 print(f"  conv forward+backward float32 on the CIFAR shapes within 3x of PyTorch/cuDNN: "
       f"{'met' if ratios and max(ratios) <= 3 else 'NOT met'} "
       f"(cuda/torch {', '.join(f'{v:.2f}' for v in ratios) or 'not measured'})")
+kernel_runs = {op: json.loads((out / f"kernels-{op}.json").read_text())
+               for op in ("fused", "composed") if (out / f"kernels-{op}.json").exists()}
+if len(kernel_runs) == 2:   # synchronised per launch: launch counts and GPU time, not end-to-end speed
+    print("conv-BN-ReLU-pool forward+backward, fused vs composed (ms, synchronised per launch):")
+    for label, fused in kernel_runs["fused"].items():
+        composed = kernel_runs["composed"].get(label)
+        if composed:
+            launches = lambda r: sum(p["per_call"] for k, p in r["parts"].items() if k.startswith("launch"))
+            print(f"  {label}: {fused['total_ms_median']:.3f} vs {composed['total_ms_median']:.3f} "
+                  f"({launches(fused)} vs {launches(composed)} launches)")
+else:
+    print("conv-BN-ReLU-pool fused vs composed: not measured")
 print("overall:", "PASS" if status == 0 else "FAIL (see above)")
 EOF
 exit "$status"

@@ -6,6 +6,7 @@
   accepts but a GPU would reject fails here;
 * launch configurations stay within the hardware limits.
 """
+import inspect
 import os
 import re
 import subprocess
@@ -180,19 +181,57 @@ def test_launch_configurations_within_hardware_limits(monkeypatch):
         # stride 2: dx by the gathering kernel (stride 1 reuses the forward kernel)
         out, cache = nb.Conv.forward(args["x"][:, :, :31, :31], args["w"], args["b"], {"stride": 2, "pad": 1})
         nb.Conv.backward(np.zeros(out.shape, np.float32), cache)
+        _fused_layers(args, np.float32)
     assert {name for name, *_ in rec.launches} == set(kernels.KERNELS)   # every kernel is used
     for name, grid, block in rec.launches:
         _runtime.check_launch(grid, block)
         threads = int(np.prod(block))
         assert threads <= _runtime.MAX_THREADS_PER_BLOCK
-        if name == "channel_sums":   # the tree reduction needs a power of two within the shared slots
-            assert threads & (threads - 1) == 0 and threads <= kernels.RED_THREADS
+        if "block_sum(" in inspect.getsource(kernels.KERNELS[name].make):
+            # the tree reduction needs a power of two within the shared slots
+            assert threads & (threads - 1) == 0 and threads <= kernels.RED_THREADS, name
     # The GPU launch sizes (the simulator launches fewer threads) obey the same limits.
     assert kernels.TILE ** 2 <= _runtime.MAX_THREADS_PER_BLOCK
     for g in (_runtime.GPU_THREADS_1D, _runtime.GPU_THREADS_REDUCE):
         assert g <= kernels.RED_THREADS and g & (g - 1) == 0
     for name in kernels.KERNELS:
         assert kernels.shared_bytes(name, np.float64) <= _runtime.MAX_SHARED_BYTES, name
+
+
+def _fused_layers(args, dtype):
+    """Forward and backward of both fused layers, train and test mode (need_dx both ways)."""
+    x, w, b = args["x"], args["w"], args["b"]
+    gamma, beta = np.ones(w.shape[0], dtype), np.zeros(w.shape[0], dtype)
+    p = {}
+    for mode in ("train", "test"):   # test mode uses the running statistics train mode made
+        p["mode"] = mode
+        out, cache = nb.Conv_BatchNorm_ReLU.forward(x, w, b, gamma, beta, CP, p)
+        nb.Conv_BatchNorm_ReLU.backward(np.zeros(out.shape, dtype), cache)
+        out, cache = nb.Conv_BatchNorm_ReLU_Pool.forward(x, w, b, gamma, beta, CP, p, PP)
+        nb.Conv_BatchNorm_ReLU_Pool.backward(np.zeros(out.shape, dtype), cache, need_dx=False)
+
+
+def test_batchnorm_and_fused_layers_launch_counts(monkeypatch):
+    # spatial batch norm: two launches each way (statistics, apply; sums, dx); the fused
+    # layers' forward: conv with statistics, combine, BN-ReLU-pool in one kernel
+    rec = _Recorder()
+    monkeypatch.setattr(kernels, "get_kernel", rec)
+    monkeypatch.setattr(_runtime, "DIRECT_LAUNCH", False)
+    x = np.zeros((2, 3, 4, 4), np.float32)
+    g, bt = np.ones(3, np.float32), np.zeros(3, np.float32)
+    p = {}
+    for mode in ("train", "test"):   # test mode uses the running statistics train mode made
+        p["mode"] = mode
+        for method in ("backward", "backward_alt"):
+            rec.launches.clear()
+            out, cache = nb.SpatialBatchNorm.forward(x, g, bt, p)
+            assert [n for n, *_ in rec.launches] == ["bn_stats", "bn_forward_apply"]
+            getattr(nb.SpatialBatchNorm, method)(out, cache)
+            assert [n for n, *_ in rec.launches][2:] == ["bn_backward_sums", "bn_backward_apply"]
+    rec.launches.clear()
+    w = np.zeros((3, 3, 3, 3), np.float32)
+    nb.Conv_BatchNorm_ReLU_Pool.forward(x, w, bt, g, bt, CP, {"mode": "train"}, PP)
+    assert [n for n, *_ in rec.launches] == ["conv_forward", "bn_stats", "bn_relu_pool"]
 
 
 def test_scratch_buffers_are_reused_per_purpose_shape_and_dtype_and_bounded(monkeypatch):

@@ -89,3 +89,36 @@ def test_linear_relu_softmax_at_scale_match_reference():
     loss_ref, dx_ref = ref.softmax_loss(out, y)
     assert abs(loss - loss_ref) < TOL * abs(loss_ref)
     assert rel_error(dx, dx_ref) < TOL
+
+
+@pytest.mark.parametrize("pool, mode", [({"pool_height": 2, "pool_width": 2, "stride": 2}, "train"),
+                                        ({"pool_height": 3, "pool_width": 3, "stride": 1}, "test"),
+                                        (None, "train")])
+def test_fused_conv_bn_relu_pool_at_scale_matches_reference_composition(pool, mode):
+    # F = 70: two filter tiles; N*H*W = 1,024 columns: 16 column tiles of statistics
+    # combined per channel, with thousands of threads in every kernel.
+    from numbaconv.layers import sandwiches
+
+    rng = np.random.default_rng(15)
+    x, w, b = rng.standard_normal((4, 8, 16, 16)), rng.standard_normal((70, 8, 3, 3)), rng.standard_normal(70)
+    gamma, beta = rng.standard_normal(70), rng.standard_normal(70)
+    name = "Conv_BatchNorm_ReLU" if pool is None else "Conv_BatchNorm_ReLU_Pool"
+    extra = () if pool is None else (pool,)
+    p, p_ref = {"mode": mode}, {"mode": mode}
+    if mode == "test":
+        for q in (p, p_ref):
+            q["running_mean"], q["running_var"] = np.linspace(-1, 1, 70), np.linspace(5, 20, 70)
+    cp = {"stride": 1, "pad": 1}
+    out, cache = getattr(nb, name).forward(x, w, b, gamma, beta, cp, p, *extra)
+    out_ref, cache_ref = getattr(sandwiches("reference"), name).forward(x, w, b, gamma, beta, cp, p_ref, *extra)
+    assert normwise_error(out, out_ref) < TOL
+    for key in ("running_mean", "running_var"):
+        assert rel_error(np.asarray(p[key]), p_ref[key]) < TOL
+    dout = rng.standard_normal(out.shape)
+    grads = getattr(nb, name).backward(dout, cache)
+    grads_ref = getattr(sandwiches("reference"), name).backward(dout, cache_ref)
+    for what, g, g_ref in zip(("dx", "dw", "db", "dgamma", "dbeta"), grads, grads_ref):
+        if what == "db" and mode == "train":   # a bias before batch norm: zero up to rounding
+            assert np.max(np.abs(g - g_ref)) < 1e-9, what
+        else:
+            assert normwise_error(g, g_ref) < TOL, what

@@ -1,12 +1,14 @@
-"""The cpu backend's fused Conv_BatchNorm_ReLU[_Pool] against the reference composition
-(the sandwiches of numbaconv.layers over the reference backend), and their backward
-against numeric gradients."""
+"""The cpu and cuda backends' fused Conv_BatchNorm_ReLU[_Pool] against the reference
+composition (the sandwiches of numbaconv.layers over the reference backend), and the
+cpu ones' backward against numeric gradients (the cuda ones' are checked numerically
+by tests/test_gradients.py, whose gradcheck runs each backend's fused layers)."""
 import copy
 
 import numpy as np
 import pytest
 
 import numbaconv.cpu as cpu
+from numbaconv import get_backend
 from numbaconv.gradcheck import THRESHOLDS_FLOAT64, eval_numerical_gradient_array, rel_error
 from numbaconv.layers import sandwiches
 
@@ -26,9 +28,10 @@ def _case(dtype, seed=0, N=3, C=2, H=8, F=4):
     return rng, x, w, b, gamma, beta
 
 
-def _layers(pool):
+def _layers(pool, backend="cpu"):
     name = "Conv_BatchNorm_ReLU" if pool is None else "Conv_BatchNorm_ReLU_Pool"
-    return getattr(sandwiches("reference"), name), getattr(cpu, name), (() if pool is None else (POOLS[pool],))
+    return (getattr(sandwiches("reference"), name), getattr(get_backend(backend), name),
+            (() if pool is None else (POOLS[pool],)))
 
 
 def _close(got, want, dtype, what):
@@ -38,16 +41,21 @@ def _close(got, want, dtype, what):
         assert np.max(np.abs(got - want)) <= 1e-5 * max(np.max(np.abs(want)), 1.0), what
 
 
-@pytest.mark.parametrize("dtype", [np.float64, np.float32])
-@pytest.mark.parametrize("pool", list(POOLS))
-@pytest.mark.parametrize("conv", range(len(CONVS)))
-@pytest.mark.parametrize("mode", ["train", "test"])
-def test_fused_matches_reference_composition(dtype, pool, conv, mode):
+GRID = [("cpu", dtype, pool, conv, mode) for dtype in (np.float64, np.float32) for pool in POOLS
+        for conv in range(len(CONVS)) for mode in ("train", "test")
+        if not (pool == "3x3 s1" and CONVS[conv][0]["stride"] == 2)]   # overlapping pools: with the stride-1 conv
+# The CUDA simulator runs each GPU thread as Python (~10 s a case): every pool, conv,
+# mode and dtype, not every combination.
+GRID += [("cuda", np.float64, "2x2", 0, "train"), ("cuda", np.float32, "2x2", 1, "test"),
+         ("cuda", np.float64, "3x3 s1", 0, "test"), ("cuda", np.float32, None, 0, "train"),
+         ("cuda", np.float64, None, 1, "test")]
+
+
+@pytest.mark.parametrize("backend, dtype, pool, conv, mode", GRID)
+def test_fused_matches_reference_composition(backend, dtype, pool, conv, mode):
     cp, H = CONVS[conv]
     rng, x, w, b, gamma, beta = _case(dtype, H=H)
-    if pool == "3x3 s1" and cp["stride"] == 2:
-        pytest.skip("covered with the stride-1 conv")
-    ref, fused, pool_args = _layers(pool)
+    ref, fused, pool_args = _layers(pool, backend)
     bn_ref = {"mode": mode}
     if mode == "test":
         bn_ref.update(running_mean=(0.3 * beta).astype(dtype), running_var=(np.abs(gamma) + 0.5).astype(dtype))
@@ -70,10 +78,10 @@ def test_fused_matches_reference_composition(dtype, pool, conv, mode):
             _close(gf, gr, dtype, name)
 
 
-@pytest.mark.parametrize("pool", ["2x2", None])
-def test_need_dx_false_skips_only_dx(pool):
+@pytest.mark.parametrize("backend, pool", [("cpu", "2x2"), ("cpu", None), ("cuda", "2x2")])
+def test_need_dx_false_skips_only_dx(backend, pool):
     _, x, w, b, gamma, beta = _case(np.float64, seed=1)
-    _, fused, pool_args = _layers(pool)
+    _, fused, pool_args = _layers(pool, backend)
     out, cache = fused.forward(x, w, b, gamma, beta, CONVS[0][0], {"mode": "train"}, *pool_args)
     dout = np.ones_like(out)
     full = fused.backward(dout, cache)
@@ -106,17 +114,19 @@ def test_fused_backward_numeric_gradients(pool, seed):
     assert np.max(np.abs(num_b - db)) < 1e-8   # the bias before batch norm has no effect
 
 
-def test_fused_rejects_bad_input_like_the_sandwich():
+@pytest.mark.parametrize("backend", ["cpu", "cuda"])
+def test_fused_rejects_bad_input_like_the_sandwich(backend):
     _, x, w, b, gamma, beta = _case(np.float64)
+    nb = get_backend(backend)
     with pytest.raises(ValueError, match="gamma must have shape"):
-        cpu.Conv_BatchNorm_ReLU.forward(x, w, b, gamma[:2], beta, CONVS[0][0], {"mode": "train"})
+        nb.Conv_BatchNorm_ReLU.forward(x, w, b, gamma[:2], beta, CONVS[0][0], {"mode": "train"})
     with pytest.raises(ValueError, match="does not tile"):
-        cpu.Conv_BatchNorm_ReLU_Pool.forward(x[:, :, :7, :7], w, b, gamma, beta, CONVS[0][0], {"mode": "train"},
-                                             POOLS["2x2"])
-    out, cache = cpu.Conv_BatchNorm_ReLU_Pool.forward(x, w, b, gamma, beta, CONVS[0][0], {"mode": "train"},
-                                                      POOLS["2x2"])
+        nb.Conv_BatchNorm_ReLU_Pool.forward(x[:, :, :7, :7], w, b, gamma, beta, CONVS[0][0], {"mode": "train"},
+                                            POOLS["2x2"])
+    out, cache = nb.Conv_BatchNorm_ReLU_Pool.forward(x, w, b, gamma, beta, CONVS[0][0], {"mode": "train"},
+                                                     POOLS["2x2"])
     with pytest.raises(ValueError, match="dout has shape"):
-        cpu.Conv_BatchNorm_ReLU_Pool.backward(np.ones((1, 1, 1, 1)), cache)
+        nb.Conv_BatchNorm_ReLU_Pool.backward(np.ones((1, 1, 1, 1)), cache)
 
 
 def test_without_numba_callable_blas_the_fused_layers_are_the_cpu_sandwiches(monkeypatch):
@@ -141,7 +151,9 @@ def test_models_and_gradcheck_pick_the_fused_layer_where_a_backend_has_one():
     from numbaconv.layers import fastest
 
     for name in ("Conv_BatchNorm_ReLU", "Conv_BatchNorm_ReLU_Pool"):
-        assert fastest("cpu", name) is getattr(cpu, name)
         assert fastest("reference", name) is getattr(sandwiches("reference"), name)
-        case = next(c for c in _cases("cpu", np.random.default_rng(0)) if c.layer == name)
-        assert case.backward == getattr(cpu, name).backward   # `numbaconv gradcheck --backend cpu` checks it
+        for backend in ("cpu", "cuda"):
+            fused = getattr(get_backend(backend), name)
+            assert fastest(backend, name) is fused
+            case = next(c for c in _cases(backend, np.random.default_rng(0)) if c.layer == name)
+            assert case.backward == fused.backward   # `numbaconv gradcheck --backend ...` checks it

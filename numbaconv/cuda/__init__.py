@@ -19,6 +19,7 @@ array([[4., 4.],
 from ._runtime import NO_GPU_HINT, SIMULATOR, TransferStats, adopting, count_transfers, cuda, transfer_stats
 from .batchnorm import BatchNorm, SpatialBatchNorm
 from .conv import Conv
+from .fused import Conv_BatchNorm_ReLU, Conv_BatchNorm_ReLU_Pool
 from .linear import Linear
 from .pool import MaxPool
 from .relu import ReLU
@@ -29,7 +30,7 @@ NAME = "cuda"
 # Interop at the API boundary, once for every layer: each public method adopts
 # foreign GPU arrays among its arguments (a zero-copy view) before validation,
 # which reads numba/NumPy shapes and dtypes.
-LAYERS = (Conv, MaxPool, BatchNorm, SpatialBatchNorm, Linear, ReLU)
+LAYERS = (Conv, MaxPool, BatchNorm, SpatialBatchNorm, Linear, ReLU, Conv_BatchNorm_ReLU, Conv_BatchNorm_ReLU_Pool)
 for _layer in LAYERS:
     for _name in ("forward", "backward", "backward_alt"):
         if _name in vars(_layer):
@@ -52,6 +53,6 @@ def synchronize() -> None:
     cuda.synchronize()
 
 
-__all__ = ["Conv", "MaxPool", "BatchNorm", "SpatialBatchNorm", "Linear", "ReLU", "softmax_loss", "NAME",
+__all__ = ["Conv", "Conv_BatchNorm_ReLU", "Conv_BatchNorm_ReLU_Pool", "MaxPool", "BatchNorm", "SpatialBatchNorm", "Linear", "ReLU", "softmax_loss", "NAME",
            "is_available", "synchronize", "SIMULATOR", "NO_GPU_HINT", "count_transfers", "transfer_stats",
            "TransferStats"]

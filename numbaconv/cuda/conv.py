@@ -34,11 +34,55 @@ def uses_flipped_gemm_for_dx(g: ConvGeometry) -> bool:
     return g.stride == 1 and g.HH == g.WW and g.pad <= g.HH - 1
 
 
-def _conv_forward(xd, wd, bd, out, g: ConvGeometry) -> None:
-    """out = conv(x, w) (+ b unless bd is None), all on the device."""
-    ntiles = math.ceil(g.N * g.H_out * g.W_out / BLOCK_COLS) * math.ceil(g.F / BLOCK_F)
+def stat_tiles(g: ConvGeometry) -> int:
+    """Column tiles of the conv forward: the entries of its per-tile statistics (per filter)."""
+    return math.ceil(g.N * g.H_out * g.W_out / BLOCK_COLS)
+
+
+def _conv_forward(xd, wd, bd, out, g: ConvGeometry, stats=None) -> None:
+    """out = conv(x, w) (+ b unless bd is None), all on the device. With ``stats``
+    = (tile_mean, tile_m2), each (stat_tiles(g), F), the kernel also writes each
+    column tile's per-filter mean and sum of squared deviations (for batch norm)."""
+    ntiles = stat_tiles(g) * math.ceil(g.F / BLOCK_F)
+    tile_mean, tile_m2 = stats if stats is not None else (out, out)   # not written without stats
     launch("conv_forward", np.dtype(out.dtype), blocks(ntiles, 1), (TILE, TILE), flat(xd), flat(wd),
-           flat(bd if bd is not None else out), flat(out), int(bd is not None), *g)
+           flat(bd if bd is not None else out), flat(out), flat(tile_mean), flat(tile_m2), int(bd is not None),
+           int(stats is not None), *g)
+
+
+def check_filter_fits(g: ConvGeometry, w) -> None:
+    if g.HH * g.WW > DX_SMEM:   # the dx kernel stages at least one filter's taps in shared memory
+        raise ValueError(f"the cuda backend supports filters of at most {DX_SMEM} taps per channel, "
+                         f"got w of shape {tuple(w.shape)} ({g.HH}x{g.WW} = {g.HH * g.WW})")
+
+
+def conv_backward(dd, xd, wd, g: ConvGeometry, need_dx: bool = True):
+    """(dx or None, dw, db) on the device for dout ``dd`` (a device array)."""
+    dtype = np.dtype(dd.dtype)
+    dw, db = empty(wd.shape, dtype), empty((g.F,), dtype)
+    K = g.C * g.HH * g.WW
+    ntiles = math.ceil(K / BLOCK_COLS) * math.ceil(g.F / BLOCK_F)
+    splits, chunk = dw_splits(ntiles, g.N * g.H_out * g.W_out)
+    partial = dw if splits == 1 else scratch((splits, g.F, K), dtype, "conv dw partial sums")
+    launch("conv_backward_dw", dtype, blocks(ntiles * splits, 1), (TILE, TILE), flat(xd), flat(dd),
+           flat(partial), *g, splits, chunk)
+    if splits > 1:
+        launch("sum_splits", dtype, blocks(g.F * K, THREADS_1D), THREADS_1D, flat(partial), flat(dw), splits,
+               g.F * K)
+    dx = empty(xd.shape, dtype) if need_dx else None
+    if need_dx and uses_flipped_gemm_for_dx(g):
+        # dx = dout convolved with the rotated, transposed filters: the register-tiled
+        # GEMM kernel, summing in the reference's order (f, then kh and kw descending).
+        wf = scratch((g.C, g.F, g.HH, g.WW), dtype, "conv flipped filters")
+        launch("conv_flip_weights", dtype, blocks(wd.size, THREADS_1D), THREADS_1D, flat(wd), flat(wf),
+               g.F, g.C, g.HH * g.WW)
+        _conv_forward(dd, wf, None, dx, ConvGeometry(g.N, g.F, g.H_out, g.W_out, g.C, g.HH, g.WW, 1,
+                                                     g.HH - 1 - g.pad, g.H, g.W))
+    elif need_dx:
+        ntiles = g.C * math.ceil(g.N * g.H * g.W / THREADS_1D)
+        launch("conv_backward_dx", dtype, blocks(ntiles, 1), THREADS_1D, flat(wd), flat(dd), flat(dx), *g)
+    channel_sums(dd, dd, g.N, g.F, g.H_out * g.W_out, sum_a=db)
+    return dx, dw, db
 
 
 class Conv:
@@ -46,9 +90,7 @@ class Conv:
     def forward(x, w, b, conv_param):
         """x (N,C,H,W), w (F,C,HH,WW), b (F,); conv_param {"stride", "pad"}."""
         g = conv_geometry(x, w, b, conv_param)
-        if g.HH * g.WW > DX_SMEM:   # the dx kernel stages at least one filter's taps in shared memory
-            raise ValueError(f"the cuda backend supports filters of at most {DX_SMEM} taps per channel, "
-                             f"got w of shape {tuple(w.shape)} ({g.HH}x{g.WW} = {g.HH * g.WW})")
+        check_filter_fits(g, w)
         dtype = np.dtype(x.dtype)
         xd, wd, bd = as_device(x), as_device(w), as_device(b)
         out = empty((g.N, g.F, g.H_out, g.W_out), dtype)
@@ -60,28 +102,6 @@ class Conv:
         """Returns (dx, dw, db), on the host if dout is a NumPy array."""
         xd, wd, g, dtype = cache
         check_dout(dout, (g.N, g.F, g.H_out, g.W_out), dtype, "Conv")
-        dd = as_device(dout)
-        dx, dw, db = empty(xd.shape, dtype), empty(wd.shape, dtype), empty((g.F,), dtype)
-        K = g.C * g.HH * g.WW
-        ntiles = math.ceil(K / BLOCK_COLS) * math.ceil(g.F / BLOCK_F)
-        splits, chunk = dw_splits(ntiles, g.N * g.H_out * g.W_out)
-        partial = dw if splits == 1 else scratch((splits, g.F, K), dtype, "conv dw partial sums")
-        launch("conv_backward_dw", dtype, blocks(ntiles * splits, 1), (TILE, TILE), flat(xd), flat(dd),
-               flat(partial), *g, splits, chunk)
-        if splits > 1:
-            launch("sum_splits", dtype, blocks(g.F * K, THREADS_1D), THREADS_1D, flat(partial), flat(dw), splits,
-                   g.F * K)
-        if uses_flipped_gemm_for_dx(g):
-            # dx = dout convolved with the rotated, transposed filters: the register-tiled
-            # GEMM kernel, summing in the reference's order (f, then kh and kw descending).
-            wf = scratch((g.C, g.F, g.HH, g.WW), dtype, "conv flipped filters")
-            launch("conv_flip_weights", dtype, blocks(wd.size, THREADS_1D), THREADS_1D, flat(wd), flat(wf),
-                   g.F, g.C, g.HH * g.WW)
-            _conv_forward(dd, wf, None, dx, ConvGeometry(g.N, g.F, g.H_out, g.W_out, g.C, g.HH, g.WW, 1,
-                                                         g.HH - 1 - g.pad, g.H, g.W))
-        else:
-            ntiles = g.C * math.ceil(g.N * g.H * g.W / THREADS_1D)
-            launch("conv_backward_dx", dtype, blocks(ntiles, 1), THREADS_1D, flat(wd), flat(dd), flat(dx), *g)
-        channel_sums(dd, dd, g.N, g.F, g.H_out * g.W_out, sum_a=db)
+        dx, dw, db = conv_backward(as_device(dout), xd, wd, g)
         host = not is_device(dout)
         return result(dx, host), result(dw, host), result(db, host)

@@ -141,9 +141,9 @@ def tile_product(a_tile, b_tile, acc, a_reg, b_reg, ty, tx):
                 acc[a, q] += a_reg[a] * b_reg[q]
 
 
-@kernel("conv_forward", "AAAAiiiiiiiiiiii", shared_elems=2 * TILE * BLOCK_F)
+@kernel("conv_forward", "AAAAAAiiiiiiiiiiiii", shared_elems=2 * TILE * BLOCK_F)
 def _make_conv_forward(dt):
-    def conv_forward(x, w, b, out, has_bias, N, C, H, W, F, HH, WW, stride, pad, Ho, Wo):
+    def conv_forward(x, w, b, out, tile_mean, tile_m2, has_bias, stats, N, C, H, W, F, HH, WW, stride, pad, Ho, Wo):
         # Thread (ty, tx) owns outputs f = f0 + ty + TILE*a, col = c0 + tx + TILE*q for
         # a, q < REG: strided, so shared reads are conflict-free and writes coalesced.
         w_tile = cuda.shared.array((TILE, BLOCK_F), dt)      # w_tile[kk, fl] = w[f0 + fl, k0 + kk]
@@ -212,7 +212,44 @@ def _make_conv_forward(dt):
                         v = acc[a, q]
                         if has_bias:
                             v += b[f]
+                        acc[a, q] = v            # the stored value, for the statistics
                         out[(n * F + f) * P + (col - n * P)] = v
+            if stats:
+                # Batch norm's statistics straight from the registers (fused conv-BN layers),
+                # so they need no pass over the output: per filter of this tile, the mean and
+                # the sum of squared deviations of its ncol valid columns; bn_stats combines
+                # the tiles (Chan et al.). The shared tiles are free after the k loop's sync.
+                ncol = min(BLOCK_COLS, NP - c0)
+                for a in range(REG):
+                    s = dt(0)
+                    for q in range(REG):
+                        if tx + TILE * q < ncol:
+                            s += acc[a, q]
+                    w_tile[tx, ty + TILE * a] = s
+                cuda.syncthreads()
+                if tid < BLOCK_F:
+                    s = dt(0)
+                    for t in range(TILE):
+                        s += w_tile[t, tid]
+                    x_tile[0, tid] = s / dt(ncol)
+                cuda.syncthreads()
+                for a in range(REG):
+                    m = x_tile[0, ty + TILE * a]
+                    s = dt(0)
+                    for q in range(REG):
+                        if tx + TILE * q < ncol:
+                            d = acc[a, q] - m
+                            s += d * d
+                    w_tile[tx, ty + TILE * a] = s
+                cuda.syncthreads()
+                if tid < BLOCK_F and f0 + tid < F:
+                    s = dt(0)
+                    for t in range(TILE):
+                        s += w_tile[t, tid]
+                    e = (c0 // BLOCK_COLS) * F + f0 + tid
+                    tile_mean[e] = x_tile[0, tid]
+                    tile_m2[e] = s
+                cuda.syncthreads()
     return conv_forward
 
 
@@ -424,16 +461,32 @@ def _make_maxpool_backward(dt):
 
 # --------------------------------------------------------------------------- reductions
 
-@kernel("channel_sums", "AAAAifAAAiii", shared_elems=3 * RED_THREADS)
+@device_function
+def block_sum(sh, v, tid, bs):
+    # The sum of every thread's v over the block (bs threads, a power of two <=
+    # RED_THREADS), by a fixed tree in shared sh: deterministic. Every thread gets
+    # the total; all threads of the block must call it (it synchronises).
+    sh[tid] = v
+    cuda.syncthreads()
+    half = bs // 2
+    while half > 0:
+        if tid < half:
+            sh[tid] += sh[tid + half]
+        cuda.syncthreads()
+        half //= 2
+    total = sh[0]
+    cuda.syncthreads()   # sh is written again only after every thread has read it
+    return total
+
+
+@kernel("channel_sums", "AAAAifAAAiii", shared_elems=RED_THREADS)
 def _make_channel_sums(dt):
     def channel_sums(a, b, shift_a, shift_b, shifted, divisor, s_a, s_b, s_ab, N, C, L):
         # For arrays laid out (N, C, L): per channel c, with a' = a - shift_a[c] and
         # b' = b - shift_b[c] when ``shifted``, the sums of a', b' and a'*b', each
         # divided by ``divisor``. One block per channel; strided loads along L are
         # coalesced; then a tree reduction in shared memory (block size: power of 2).
-        sh_a = cuda.shared.array(RED_THREADS, dt)
-        sh_b = cuda.shared.array(RED_THREADS, dt)
-        sh_ab = cuda.shared.array(RED_THREADS, dt)
+        sh = cuda.shared.array(RED_THREADS, dt)
         tid = cuda.threadIdx.x
         bs = cuda.blockDim.x
         M = N * L
@@ -454,47 +507,63 @@ def _make_channel_sums(dt):
                 acc_a += va
                 acc_b += vb
                 acc_ab += va * vb
-            sh_a[tid] = acc_a
-            sh_b[tid] = acc_b
-            sh_ab[tid] = acc_ab
-            cuda.syncthreads()
-            half = bs // 2
-            while half > 0:
-                if tid < half:
-                    sh_a[tid] += sh_a[tid + half]
-                    sh_b[tid] += sh_b[tid + half]
-                    sh_ab[tid] += sh_ab[tid + half]
-                cuda.syncthreads()
-                half //= 2
+            acc_a = block_sum(sh, acc_a, tid, bs)
+            acc_b = block_sum(sh, acc_b, tid, bs)
+            acc_ab = block_sum(sh, acc_ab, tid, bs)
             if tid == 0:
-                s_a[c] = sh_a[0] / dt(divisor)
-                s_b[c] = sh_b[0] / dt(divisor)
-                s_ab[c] = sh_ab[0] / dt(divisor)
-            cuda.syncthreads()   # shared slots are reused for the next channel
+                s_a[c] = acc_a / dt(divisor)
+                s_b[c] = acc_b / dt(divisor)
+                s_ab[c] = acc_ab / dt(divisor)
     return channel_sums
 
 
 # --------------------------------------------------------------------------- batch norm
 
-@kernel("bn_std", "AfAAi")
-def _make_bn_std(dt):
-    def bn_std(var, eps, std, inv_std, C):
-        for c in range(cuda.grid(1), C, cuda.gridsize(1)):
-            s = math.sqrt(var[c] + dt(eps))
-            std[c] = s
-            inv_std[c] = dt(1) / s
-    return bn_std
-
-
-@kernel("bn_running_update", "AAAAffi")
-def _make_bn_running_update(dt):
-    def bn_running_update(running_mean, running_var, mean, var, momentum, one_minus_momentum, C):
-        # running = momentum * running + (1 - momentum) * batch, in the layer dtype
-        # (1 - momentum is computed on the host, so float32 kernels do no float64 maths)
-        for c in range(cuda.grid(1), C, cuda.gridsize(1)):
-            running_mean[c] = dt(momentum) * running_mean[c] + dt(one_minus_momentum) * mean[c]
-            running_var[c] = dt(momentum) * running_var[c] + dt(one_minus_momentum) * var[c]
-    return bn_running_update
+@kernel("bn_stats", "AAiiiAAAAAifffiii", shared_elems=RED_THREADS)
+def _make_bn_stats(dt):
+    def bn_stats(v, m2, has_m2, chunk, count, running_mean, running_var, mean, std, inv_std, train, eps,
+                 momentum, one_minus_momentum, N, C, L):
+        # Batch norm's per-channel statistics in one launch, one block per channel.
+        # Entries v, laid out (N, C, L), are means of ``chunk`` values each (the last:
+        # of the rest of ``count``), with sums of squared deviations m2 if has_m2.
+        # A layer's input is chunk = 1 (two passes: the mean, then the centred
+        # variance); the fused layers pass their conv's tile statistics (Chan et al.:
+        # M2 = sum(m2 + n * (v - mean)^2)). Then the biased variance, std, 1/std and,
+        # in train mode, the running statistics (1 - momentum comes from the host, so
+        # float32 kernels do no float64 maths); test mode takes the running ones.
+        sh = cuda.shared.array(RED_THREADS, dt)
+        tid = cuda.threadIdx.x
+        bs = cuda.blockDim.x
+        M = N * L
+        for c in range(cuda.blockIdx.x, C, cuda.gridDim.x):
+            if train:
+                acc = dt(0)
+                for m in range(tid, M, bs):
+                    n = m // L
+                    acc += dt(min(chunk, count - m * chunk)) * v[(n * C + c) * L + (m - n * L)]
+                mu = block_sum(sh, acc, tid, bs) / dt(count)
+                acc = dt(0)
+                for m in range(tid, M, bs):
+                    n = m // L
+                    idx = (n * C + c) * L + (m - n * L)
+                    d = v[idx] - mu
+                    if has_m2:
+                        acc += m2[idx] + dt(min(chunk, count - m * chunk)) * (d * d)
+                    else:
+                        acc += d * d
+                var = block_sum(sh, acc, tid, bs) / dt(count)
+            else:
+                mu = running_mean[c]
+                var = running_var[c]
+            if tid == 0:
+                sd = math.sqrt(var + dt(eps))
+                mean[c] = mu
+                std[c] = sd
+                inv_std[c] = dt(1) / sd
+                if train:
+                    running_mean[c] = dt(momentum) * running_mean[c] + dt(one_minus_momentum) * mu
+                    running_var[c] = dt(momentum) * running_var[c] + dt(one_minus_momentum) * var
+    return bn_stats
 
 
 @kernel("bn_forward_apply", "AAAAAAAAiii")
@@ -511,6 +580,45 @@ def _make_bn_forward_apply(dt):
 
 
 BN_TEST, BN_STAGED, BN_ALT = 0, 1, 2
+
+
+@kernel("bn_backward_sums", "AAAiAAAAiii", shared_elems=RED_THREADS)
+def _make_bn_backward_sums(dt):
+    def bn_backward_sums(dout, xhat, xc, staged, s_dout, s_dout_xhat, s_xc, s_dout_xc, N, C, L):
+        # Every per-channel sum batch norm's backward needs, in one pass and one launch:
+        # sum(dout) (dbeta), sum(dout * xhat) (dgamma) and, for the staged graph,
+        # sum(xc) and sum(dout * xc). One block per channel, fixed trees.
+        sh = cuda.shared.array(RED_THREADS, dt)
+        tid = cuda.threadIdx.x
+        bs = cuda.blockDim.x
+        M = N * L
+        for c in range(cuda.blockIdx.x, C, cuda.gridDim.x):
+            a_d = dt(0)
+            a_dh = dt(0)
+            a_c = dt(0)
+            a_dc = dt(0)
+            for m in range(tid, M, bs):
+                n = m // L
+                idx = (n * C + c) * L + (m - n * L)
+                d = dout[idx]
+                a_d += d
+                a_dh += d * xhat[idx]
+                if staged:
+                    v = xc[idx]
+                    a_c += v
+                    a_dc += d * v
+            a_d = block_sum(sh, a_d, tid, bs)
+            a_dh = block_sum(sh, a_dh, tid, bs)
+            if staged:
+                a_c = block_sum(sh, a_c, tid, bs)
+                a_dc = block_sum(sh, a_dc, tid, bs)
+            if tid == 0:
+                s_dout[c] = a_d
+                s_dout_xhat[c] = a_dh
+                if staged:
+                    s_xc[c] = a_c
+                    s_dout_xc[c] = a_dc
+    return bn_backward_sums
 
 
 @kernel("bn_backward_apply", "AAAAAAAAAAAiiiii")
@@ -536,6 +644,116 @@ def _make_bn_backward_apply(dt):
             else:                                # closed form
                 dx[e] = inv / dt(M) * (dt(M) * dxhat - g * s_dout[c] - xhat[e] * (g * s_dout_xhat[c]))
     return bn_backward_apply
+
+
+# --------------------------------------------------------------------------- fused conv - BN - ReLU [- pool]
+# The conv output a (N, C, H, W) is normalised with the statistics of bn_stats,
+# passed through ReLU and max-pooled in one kernel; without a pool the windows
+# are 1x1 (ph = pw = stride = 1, Ho, Wo = H, W) and argmax is not written.
+
+@kernel("bn_relu_pool", "AAAAAAIiiiiiiiiii")
+def _make_bn_relu_pool(dt):
+    def bn_relu_pool(a, mean, inv_std, gamma, beta, out, argmax, pool, N, C, H, W, ph, pw, stride, Ho, Wo):
+        # One thread per output: the first maximum (row-major, strict '>') of
+        # bn(a) over the window, then ReLU (max(relu(v)) = relu(max(v)); where the
+        # maximum is not positive the recorded element may differ from the unfused
+        # layers' but both get no gradient).
+        total = N * C * Ho * Wo
+        for e in range(cuda.grid(1), total, cuda.gridsize(1)):
+            plane = e // (Ho * Wo)
+            c = plane % C
+            q = e - plane * Ho * Wo
+            i = q // Wo
+            j = q - i * Wo
+            base = plane * H * W
+            mu = mean[c]
+            inv = inv_std[c]
+            g = gamma[c]
+            bt = beta[c]
+            best_at = (i * stride) * W + j * stride
+            best = g * ((a[base + best_at] - mu) * inv) + bt
+            for k in range(ph):
+                for l in range(pw):
+                    at = (i * stride + k) * W + j * stride + l
+                    r = g * ((a[base + at] - mu) * inv) + bt
+                    if r > best:
+                        best = r
+                        best_at = at
+            out[e] = best if best > dt(0) else dt(0)
+            if pool:
+                argmax[e] = best_at
+    return bn_relu_pool
+
+
+@kernel("bn_relu_pool_grad_sums", "AAAIAAAAAAAiiiiii", shared_elems=RED_THREADS)
+def _make_bn_relu_pool_grad_sums(dt):
+    def bn_relu_pool_grad_sums(dout, out, a, argmax, mean, inv_std, gamma, dgamma, dbeta, ga, gb, pool, train,
+                               N, C, HW, Q):
+        # Per channel, from the pooled arrays only: with dan = dout where the output
+        # passed ReLU (the gradient at bn's output, at each window's maximum),
+        # dbeta = sum(dan), dgamma = sum(dan * xhat); then batch norm's closed-form
+        # input gradient per channel, da = gamma/std * dan - ga - xhat * gb, with
+        # ga = gamma/std * dbeta / M, gb = gamma/std * dgamma / M (zero in test mode).
+        sh = cuda.shared.array(RED_THREADS, dt)
+        tid = cuda.threadIdx.x
+        bs = cuda.blockDim.x
+        M = N * Q
+        for c in range(cuda.blockIdx.x, C, cuda.gridDim.x):
+            mu = mean[c]
+            inv = inv_std[c]
+            sb = dt(0)
+            sg = dt(0)
+            for m in range(tid, M, bs):
+                n = m // Q
+                o = (n * C + c) * Q + (m - n * Q)
+                if out[o] > dt(0):
+                    p = argmax[o] if pool else m - n * Q
+                    d = dout[o]
+                    sb += d
+                    sg += d * ((a[(n * C + c) * HW + p] - mu) * inv)
+            sb = block_sum(sh, sb, tid, bs)
+            sg = block_sum(sh, sg, tid, bs)
+            if tid == 0:
+                dbeta[c] = sb
+                dgamma[c] = sg
+                gi = gamma[c] * inv / dt(N * HW)
+                ga[c] = gi * sb if train else dt(0)
+                gb[c] = gi * sg if train else dt(0)
+    return bn_relu_pool_grad_sums
+
+
+@kernel("bn_relu_pool_backward", "AAAIAAAAAAiiiiiiiiii")
+def _make_bn_relu_pool_backward(dt):
+    def bn_relu_pool_backward(dout, out, a, argmax, mean, inv_std, gamma, ga, gb, da, pool, N, C, H, W, ph, pw,
+                              stride, Ho, Wo):
+        # da, the gradient at the conv output: one thread per element, gathering
+        # dout from the windows whose (positive) maximum it is; no races.
+        HW = H * W
+        for e in range(cuda.grid(1), N * C * HW, cuda.gridsize(1)):
+            plane = e // HW
+            c = plane % C
+            at = e - plane * HW
+            inv = inv_std[c]
+            gi = gamma[c] * inv
+            v = -ga[c] - ((a[e] - mean[c]) * inv) * gb[c]
+            if pool:
+                h = at // W
+                wc = at - h * W
+                i_lo = 0
+                if h >= ph:
+                    i_lo = (h - ph + stride) // stride
+                j_lo = 0
+                if wc >= pw:
+                    j_lo = (wc - pw + stride) // stride
+                for i in range(i_lo, min(h // stride, Ho - 1) + 1):
+                    for j in range(j_lo, min(wc // stride, Wo - 1) + 1):
+                        o = (plane * Ho + i) * Wo + j
+                        if argmax[o] == at and out[o] > dt(0):
+                            v += gi * dout[o]
+            elif out[e] > dt(0):
+                v += gi * dout[e]
+            da[e] = v
+    return bn_relu_pool_backward
 
 
 # --------------------------------------------------------------------------- linear, relu, softmax
