@@ -189,7 +189,7 @@ class RunSpec:
     optimizer: str = "adam"                   # an update rule of numbaconv.optim
     lr: float | None = None                   # None: the rule's default
     lr_decay: float = 1.0
-    batch_size: int = 128
+    batch_size: int = 128                     # the default: at most the training images; a given one must fit
     reg: float = 0.0
     epochs: int | None = None
     time_budget: float | None = None          # seconds of training steps (with resume: the total)
@@ -370,12 +370,26 @@ def _run_record(spec: RunSpec) -> dict:
     return {k: v for k, v in spec.to_dict().items() if k not in drop}
 
 
+def _check_batch_size(batch_size: int, num_images: int) -> None:
+    # minibatches are drawn from the training images: more per batch than there are images is
+    # a mistake (and a large one allocates the whole batch first)
+    if batch_size > num_images:
+        raise ValueError(f"--batch-size {batch_size} is more than the {num_images} training images; "
+                         f"choose at most {num_images}")
+
+
 def plan_fresh(spec: RunSpec) -> Plan:
     """A new model of ``spec.model`` and a Solver with the spec's optimizer settings."""
     from .models import build_model
     from .solver import Solver
 
+    given = "batch_size" in spec.given()
+    if given and spec.num_train is not None:   # known before loading: say so without reading any data
+        _check_batch_size(spec.batch_size, spec.num_train)
     ds, data = _load_data(spec.dataset, spec.num_val, spec.num_train, spec.normalize_std, spec.dtype)
+    if given:
+        _check_batch_size(spec.batch_size, ds.X_train.shape[0])
+    batch_size = spec.batch_size if given else min(spec.batch_size, ds.X_train.shape[0])   # the default adapts
     filters = spec.filters if spec.filters is not None else DEFAULT_FILTERS[spec.model]
     config = {"kind": spec.model, "input_dims": list(ds.X_train.shape[1:]), "num_classes": len(ds.class_names),
               "weight_scale": spec.weight_scale, "reg": spec.reg, "dtype": spec.dtype, "backend": spec.backend}
@@ -388,7 +402,7 @@ def plan_fresh(spec: RunSpec) -> Plan:
     net = build_model(config, seed=spec.seed)
     solver = Solver(net, data, update_rule=spec.optimizer,
                     optim_config={} if spec.lr is None else {"learning_rate": spec.lr}, lr_decay=spec.lr_decay,
-                    batch_size=spec.batch_size, num_epochs=_num_epochs(spec.epochs), seed=spec.seed,
+                    batch_size=batch_size, num_epochs=_num_epochs(spec.epochs), seed=spec.seed,
                     verbose=False, num_train_samples=NUM_TRAIN_SAMPLES)
     info = data_info_for(ds, spec.dataset, spec.num_val, spec.num_train, spec.normalize_std, 0)
     return Plan(spec, solver, ds, info, _run_record(spec), spec.epochs, spec.time_budget)
@@ -405,6 +419,18 @@ def plan_recipe(spec: RunSpec) -> Plan:
                               verbose=False, num_train_samples=NUM_TRAIN_SAMPLES)
     info = data_info_for(ds, spec.dataset, spec.num_val, spec.num_train, spec.normalize_std, 0)
     return Plan(spec, solver, ds, info, _run_record(spec), spec.epochs, spec.time_budget)
+
+
+def _check_same_data(checkpoint, net, info: dict, ds) -> None:
+    """The dataset a run resumes on must still have the images and classes it was trained on."""
+    want_shape, got_shape = tuple(net.config()["input_dims"]), tuple(ds.X_train.shape[1:])
+    want_names, got_names = info.get("class_names"), list(ds.class_names)
+    if got_shape != want_shape or len(got_names) != net.num_classes or (want_names and want_names != got_names):
+        raise ValueError(f"cannot resume from {checkpoint}: it was trained on {info.get('source', info['name'])} "
+                         f"with images {want_shape} and {net.num_classes} classes "
+                         f"({', '.join(want_names) if want_names else 'names not recorded'}), but that dataset now has "
+                         f"images {got_shape} and {len(got_names)} classes ({', '.join(got_names)}); resume on the "
+                         f"data it was trained on, or start a new run")
 
 
 def plan_resume(spec: RunSpec) -> Plan:
@@ -424,6 +450,7 @@ def plan_resume(spec: RunSpec) -> Plan:
     net = ck.model
     ds, data = _load_data(info["name"], info["num_val"], info.get("num_train"), info["normalize_std"],
                           net.dtype, info["seed"])
+    _check_same_data(spec.resume, net, info, ds)
     kwargs = {"update_rule": ck.solver_state["settings"]["update_rule"], "seed": run.get("seed", 0)}
     if run.get("recipe"):   # hooks are code, not state: rebuilt over the (total) budget
         hooks = recipe_solver_kwargs(run["recipe"], budget)
@@ -523,56 +550,140 @@ def numba_threads(n: int | None):
         numba.set_num_threads(old)
 
 
+class RunFilesError(ValueError):
+    """The run folder could not be written (a full disk, lost permissions); the files
+    written before are kept (every file is written whole or not at all)."""
+
+
+def _write_failure(e: OSError, out: Path, saved: dict) -> str:
+    from .files import is_disk_full
+
+    cause = "no space left on device" if is_disk_full(e) else (e.strerror or str(e))
+    last = out / "last.h5"
+    if saved.get("iteration") is not None:
+        kept = f"{last} from iteration {saved['iteration']} is kept"
+    elif last.exists():
+        kept = f"the earlier {last} is kept"
+    else:
+        kept = "no checkpoint was saved"
+    then = f"continue with --resume {last}" if last.exists() else "run it again"
+    return f"cannot write into run folder {out}: {cause}; {kept}. Free some space (or fix permissions), then {then}"
+
+
+def _guarded(out: Path, saved: dict, write: Callable[[], None]) -> None:
+    """Run ``write``; an OSError becomes one RunFilesError line saying what was kept."""
+    try:
+        write()
+    except OSError as e:
+        raise RunFilesError(_write_failure(e, out, saved)) from None
+
+
+def _make_folders(out: Path) -> list[Path]:
+    """``mkdir -p out``; returns the folders it created, deepest first (removed again if the run
+    fails before writing anything)."""
+    made, p = [], out
+    while not p.exists() and p.parent != p:
+        made.append(p)
+        p = p.parent
+    out.mkdir(parents=True, exist_ok=True)
+    return made
+
+
+def _existing_run(spec: RunSpec, out: Path) -> bool:
+    """Whether ``out`` holds a run that this spec replaces (True with ``force``); a run that is
+    neither continued (resume from its own last.h5) nor replaced is refused."""
+    found = [name for name in ("config.json", "last.h5", "best.h5") if (out / name).exists()]
+    if not found:
+        return False
+    if spec.resume is not None and Path(spec.resume).resolve().parent == out.resolve():
+        return False   # continuing the run that is there
+    if spec.force:
+        return True
+    raise ValueError(f"run folder {out} already holds a run ({', '.join(found)}); continue it with --resume "
+                     f"{out / 'last.h5'}, or replace it with --force")
+
+
 def execute(spec: RunSpec, *, on_progress: Callable[[RunEvent], None] | None = None) -> RunResult:
     """Train ``spec`` into ``spec.out`` (best.h5, last.h5, history.json, config.json,
-    curves.png) and return a RunResult. Raises ValueError for a bad spec or data,
-    NonFiniteLossError when the loss diverges (history.json written; ``e.kept`` says
-    which checkpoint is the last good one) and RunInterrupted on Ctrl-C (last.h5 saved)."""
+    curves.png) and return a RunResult.
+
+    The run folder is locked while the run writes it (a second run into it raises
+    ``files.LockedError`` naming the PID); temporaries a killed run left there are removed;
+    a folder that already holds a run is refused unless ``spec.resume`` continues it or
+    ``spec.force`` replaces it. Everything that can be checked is checked before the first
+    file is written (spec, backend, folder, data, checkpoint); a run that fails then
+    leaves no folder behind. Raises ValueError for those, RunFilesError when the folder
+    cannot be written later (e.g. a full disk; earlier checkpoints kept), NonFiniteLossError
+    when the loss diverges (history.json written; ``e.kept`` names the last good
+    checkpoint) and RunInterrupted on Ctrl-C (last.h5 saved)."""
+    from .backends import get_backend
+    from .checkpoint import save_json
+    from .files import check_writable_folder, exclusive_lock, remove_stale_temporaries
     from .solver import NonFiniteLossError
 
     spec.validate()
     notify = on_progress or (lambda event: None)
     out = Path(spec.out)
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {out} exists and is not a folder")
-    with numba_threads(spec.threads):
-        notify(RunEvent("loading", spec))
-        plan = make_plan(spec)
-        solver = plan.solver
-        out.mkdir(parents=True, exist_ok=True)
-        write_config(plan)
-        notify(RunEvent("planned", spec, plan))
-        notify(RunEvent("compiling", spec, plan))
-        solver.warmup()
-        session = (solver.iteration, solver.train_time)
+    get_backend(spec.backend)   # a backend that cannot run here (no GPU) fails before any file is written
+    check_writable_folder(out, "run folder")
+    made = _make_folders(out)
+    started = False
+    saved: dict = {"iteration": None}
+    try:
+        with exclusive_lock(out, what=f"run folder {out}"), numba_threads(spec.threads):
+            remove_stale_temporaries(out)   # what a run killed mid-write (kill -9) left behind
+            replace = _existing_run(spec, out)
+            notify(RunEvent("loading", spec))
+            plan = make_plan(spec)
+            solver = plan.solver
+            started = True
+            if replace:
+                for name in RUN_FILES:
+                    (out / name).unlink(missing_ok=True)
+            _guarded(out, saved, lambda: write_config(plan))
+            notify(RunEvent("planned", spec, plan))
+            notify(RunEvent("compiling", spec, plan))
+            solver.warmup()
+            session = (solver.iteration, solver.train_time)
 
-        def on_epoch_end(s):
-            write_run_files(out, s, plan.data_info, plan.extra(), best=s.best_epoch == s.record.epoch[-1])
-            notify(RunEvent("epoch", spec, plan))
+            def save(s, best=True):
+                _guarded(out, saved, lambda: write_run_files(out, s, plan.data_info, plan.extra(), best=best))
+                saved["iteration"] = s.iteration
 
-        solver.on_iteration = lambda s: notify(RunEvent("step", spec, plan))
-        solver.on_epoch_end = on_epoch_end
-        notify(RunEvent("training", spec, plan))
-        try:
-            reason = solver.train(time_limit=plan.time_budget)
-            write_run_files(out, solver, plan.data_info, plan.extra())
-        except KeyboardInterrupt:
-            write_run_files(out, solver, plan.data_info, plan.extra(), best=False)
-            raise RunInterrupted(out, solver.iteration, solver.iteration / solver.iterations_per_epoch) from None
-        except NonFiniteLossError as e:
-            from .checkpoint import save_json
+            def on_epoch_end(s):
+                save(s, best=s.best_epoch == s.record.epoch[-1])
+                notify(RunEvent("epoch", spec, plan))
 
-            save_json(out / "history.json", solver.history())
-            last = out / "last.h5"
-            e.kept = (f"The last good checkpoint is {last} (saved at the end of epoch {solver.epoch})."
-                      if last.exists() and solver.epoch > 0 else "No checkpoint was written before it diverged.")
-            raise
-        finally:
-            solver.on_iteration = solver.on_epoch_end = None
-        notify(RunEvent("finished", spec, plan, reason))
+            solver.on_iteration = lambda s: notify(RunEvent("step", spec, plan))
+            solver.on_epoch_end = on_epoch_end
+            notify(RunEvent("training", spec, plan))
+            try:
+                reason = solver.train(time_limit=plan.time_budget)
+                save(solver)
+            except KeyboardInterrupt:
+                save(solver, best=False)
+                raise RunInterrupted(out, solver.iteration, solver.iteration / solver.iterations_per_epoch) from None
+            except NonFiniteLossError as e:
+                _guarded(out, saved, lambda: save_json(out / "history.json", solver.history()))
+                last = out / "last.h5"
+                e.kept = (f"The last good checkpoint is {last} (saved at the end of epoch {solver.epoch})."
+                          if last.exists() and solver.epoch > 0 else "No checkpoint was written before it diverged.")
+                raise
+            finally:
+                solver.on_iteration = solver.on_epoch_end = None
+            notify(RunEvent("finished", spec, plan, reason))
 
-    from .plots import plot_history   # the run's curves, as `numbaconv plot` draws them
-    plot_history(solver.history(), out / "curves.png", title=f"{out}: training loss")
+            from .plots import plot_history   # the run's curves, as `numbaconv plot` draws them
+            _guarded(out, saved, lambda: plot_history(solver.history(), out / "curves.png",
+                                                      title=f"{out}: training loss"))
+    except BaseException:
+        if not started:   # nothing was written: leave no folder behind either
+            for folder in made:
+                try:
+                    folder.rmdir()
+                except OSError:
+                    break
+        raise
     h = solver.history()
     steps, secs = solver.iteration - session[0], solver.train_time - session[1]
     return RunResult(
@@ -585,6 +696,6 @@ def execute(spec: RunSpec, *, on_progress: Callable[[RunEvent], None] | None = N
         images_per_s=steps * solver.batch_size / secs if secs > 0 else None, history=h)
 
 
-__all__ = ["RunSpec", "spec_from_options", "execute", "RunResult", "RunEvent", "RunInterrupted", "Plan",
+__all__ = ["RunSpec", "spec_from_options", "execute", "RunResult", "RunEvent", "RunInterrupted", "RunFilesError", "Plan",
            "make_plan", "plan_fresh", "plan_recipe", "plan_resume", "data_info_for", "write_run_files",
            "write_config", "numba_threads", "option_name"]

@@ -1,5 +1,6 @@
 """`numbaconv train` and `numbaconv evaluate`, driven in-process."""
 import json
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -19,7 +20,7 @@ def wide_console(monkeypatch):
     from numbaconv_cli import console as c
 
     monkeypatch.setattr(c.console, "width", 200)
-    monkeypatch.setattr(c.err_console, "width", 200)
+    monkeypatch.setattr(c.err_console, "width", 2000)   # an error is one line, however long its paths
 
 
 def _params(path):
@@ -202,3 +203,185 @@ def test_file_dataset_and_evaluate_preprocesses_like_training(tmp_path):
     expected = float(np.mean(ck.model.predict(X) == labels))
     assert result["accuracy"] == pytest.approx(expected) and result["num_images"] == 12
     assert list(result["per_class"]) == ["a", "b", "c"]
+
+
+# ---------------------------------------------------------------- reliability (issue #16)
+def _one_line_error(r, code, alone=True):
+    """The command failed with ``code`` and said so in one `error:` line, no traceback: the
+    only output (``alone``: it failed before training), or the last line after the progress."""
+    assert r.exit_code == code, r.output
+    lines = [line for line in r.output.splitlines() if line.strip()]
+    assert lines[-1].startswith("error: ") and sum("error:" in line for line in lines) == 1, r.output
+    assert len(lines) == 1 or not alone, r.output
+    assert "Traceback" not in r.output
+    return lines[-1]
+
+
+def _snapshot(folder):
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+def test_a_run_folder_is_never_silently_replaced(tmp_path):
+    out = tmp_path / "run"
+    assert _train("--epochs", 1, "--out", out).exit_code == 0
+    before = _snapshot(out)
+    line = _one_line_error(_train("--epochs", 1, "--seed", 4, "--out", out), 2)
+    assert f"{out} already holds a run" in line and f"--resume {out / 'last.h5'}" in line and "--force" in line
+    assert _snapshot(out) == before
+
+    r = _train("--epochs", 2, "--out", out, "--force")   # replaces it: a 2-epoch run now
+    assert r.exit_code == 0, r.output
+    assert json.loads((out / "config.json").read_text())["run"]["epochs"] == 2
+    assert json.loads((out / "history.json").read_text())["epoch"] == [1.0, 2.0]
+
+
+def test_a_run_folder_is_locked_while_training(tmp_path):
+    import os
+
+    from numbaconv.files import exclusive_lock
+
+    out = tmp_path / "run"
+    out.mkdir()
+    with exclusive_lock(out):   # as if another `numbaconv train` were writing it
+        line = _one_line_error(_train("--epochs", 1, "--out", out), 1)
+    assert f"in use by process {os.getpid()}" in line
+    assert list(out.iterdir()) == []
+
+
+def test_sizes_beyond_the_data_are_refused_before_loading(tmp_path):
+    out = tmp_path / "run"
+    line = _one_line_error(_train("--epochs", 1, "--batch-size", 100000, "--out", out), 2)
+    assert "--batch-size 100000 is more than the 40 training images" in line
+    r = runner.invoke(app, ["train", "--dataset", "synthetic", "--num-train", "1000000000", "--epochs", "1",
+                            "--out", str(out)])
+    assert "1000000000" in _one_line_error(r, 2)
+    assert not out.exists()
+
+
+def test_cuda_without_a_gpu_fails_before_any_file(tmp_path, monkeypatch):
+    import numbaconv.cuda as nc
+
+    out = tmp_path / "run"
+    assert _train("--epochs", 1, "--out", out).exit_code == 0
+    before = _snapshot(out)
+    monkeypatch.setattr(nc, "SIMULATOR", False)          # a machine without a GPU (tests otherwise use the simulator)
+    monkeypatch.setattr(nc, "is_available", lambda: False)
+    fresh = tmp_path / "fresh"
+    line = _one_line_error(_train("--epochs", 1, "--out", fresh, "--backend", "cuda"), 2)
+    assert "cuda" in line and "GPU" in line
+    assert not fresh.exists()
+    line = _one_line_error(runner.invoke(app, ["train", "--resume", str(out / "last.h5"), "--epochs", "2",
+                                               "--out", str(out), "--backend", "cuda"]), 2)
+    assert "GPU" in line and _snapshot(out) == before
+
+
+def test_out_under_a_file_or_unwritable(tmp_path, monkeypatch):
+    import os
+
+    (tmp_path / "notes.txt").write_text("x")
+    line = _one_line_error(_train("--epochs", 1, "--out", tmp_path / "notes.txt" / "run"), 2)
+    assert "which is a file" in line
+    line = _one_line_error(_train("--epochs", 1, "--out", tmp_path / "notes.txt"), 2)
+    assert "is a file" in line
+
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o555)
+    if os.geteuid() == 0:   # root writes anywhere: stand in for a read-only folder
+        real = os.access
+        monkeypatch.setattr(os, "access", lambda p, mode, **kw: False if Path(p) == ro else real(p, mode, **kw))
+    try:
+        line = _one_line_error(_train("--epochs", 1, "--out", ro / "run"), 2)
+    finally:
+        ro.chmod(0o755)
+    assert "no write permission" in line and not (ro / "run").exists()
+
+
+def test_full_disk_while_training_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    import errno
+
+    import numbaconv.checkpoint as ckpt
+
+    real = ckpt._put_json
+    calls = {"n": 0}
+
+    def put_json(group, name, obj):   # inside the writer, while the temporary file is open
+        if name == "model_config":
+            calls["n"] += 1
+            if calls["n"] == 3:   # epoch 1 wrote last.h5 and best.h5; the disk fills at epoch 2's last.h5
+                raise OSError(errno.ENOSPC, "No space left on device")
+        real(group, name, obj)
+
+    monkeypatch.setattr(ckpt, "_put_json", put_json)
+    out = tmp_path / "run"
+    line = _one_line_error(_train("--epochs", 3, "--out", out), 1, alone=False)
+    assert "no space left on device" in line and f"{out / 'last.h5'} from iteration 2 is kept" in line
+    assert f"--resume {out / 'last.h5'}" in line
+    assert sorted(p.name for p in out.iterdir()) == ["best.h5", "config.json", "history.json", "last.h5"]
+    from numbaconv.checkpoint import load_checkpoint
+    assert load_checkpoint(out / "last.h5").solver_state["settings"]["iteration"] == 2
+
+
+def test_resume_refuses_changed_data_and_cleans_stale_temporaries(tmp_path):
+    import subprocess
+    import sys
+
+    data = tmp_path / "data.h5"
+    _write_h5(data, 30, 0, seed=0)
+    out = tmp_path / "run"
+    args = ["--filters", "3,3,3", "--num-val", "10", "--batch-size", "10", "--backend", "cpu"]
+    r = runner.invoke(app, ["train", "--dataset", str(data), *args, "--epochs", "1", "--out", str(out)])
+    assert r.exit_code == 0, r.output
+
+    # a writer killed mid-write (kill -9) leaves its temporary: the next use of the folder removes it
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = out / f".last.h5.tmp-{dead.pid}"
+    stale.write_bytes(b"half a checkpoint")
+    r = runner.invoke(app, ["train", "--resume", str(out / "last.h5"), "--epochs", "2", "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    assert not stale.exists()
+
+    before = _snapshot(out)
+    from numbaconv.data.store import Split, write_h5
+    rng = np.random.default_rng(1)   # the file now holds 16x16 images
+    write_h5(data, {"train": Split(rng.integers(0, 256, (30, 3, 16, 16), dtype=np.uint8), rng.integers(0, 3, 30))},
+             ["a", "b", "c"], {})
+    line = _one_line_error(runner.invoke(app, ["train", "--resume", str(out / "last.h5"), "--epochs", "3",
+                                               "--out", str(out)]), 2)
+    assert "cannot resume from" in line and "images (3, 8, 8)" in line and "now has images (3, 16, 16)" in line
+    assert _snapshot(out) == before
+
+
+def test_header_is_readable_and_the_live_display_fits_80_columns(tmp_path):
+    import io
+    from types import SimpleNamespace
+
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn
+
+    from numbaconv.solver import History
+    from numbaconv_cli.commands.train import BAR_WIDTH, _progress_text
+
+    r = _train("--epochs", 1, "--out", tmp_path / "run")
+    assert r.exit_code == 0, r.output
+    header = " ".join(r.output.split())
+    assert "training deep net (filters 4,4,4, pools 0,1,2, float32) with adam, lr 0.001, batch 20" in header
+    assert "{" not in r.output.split("run ")[0]   # no raw JSON
+
+    # the widest numbers a run shows: 5-digit images/s, 3-digit epochs, hours left
+    record = History(loss=[12.3456], epoch=[99.5], iteration=[99500], time=[3000.0], lr=[0.1], train_acc=[0.834],
+                     val_acc=[0.812])
+    solver = SimpleNamespace(iteration=99999, train_time=1000.0, batch_size=128, num_epochs=100,
+                             iterations_per_epoch=1000, num_iterations=100000, record=record)
+    text = _progress_text(solver, None, (0, 0.0))
+    assert "last check @ epoch 99.50: val acc 0.812, train acc 0.834" in text and "12,800 img/s" in text
+    console = Console(width=80, file=io.StringIO(), record=True, force_terminal=False)
+    progress = Progress(SpinnerColumn(), BarColumn(bar_width=BAR_WIDTH), TextColumn("{task.fields[stats]}"),
+                        console=console)
+    progress.add_task("train", total=100000, completed=99999, stats=text)
+    console.print(progress.make_tasks_table(progress.tasks))
+    lines = console.export_text().splitlines()
+    assert len(lines) == 2 and max(len(line) for line in lines) <= 80, lines
+    assert "@ epoch" not in _progress_text(SimpleNamespace(**{**vars(solver), "record": History(loss=[2.0])}),
+                                           60.0, (0, 0.0))

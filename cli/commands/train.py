@@ -120,7 +120,8 @@ def train(
     optimizer: Optional[Optimizer] = typer.Option(None, help="Update rule (default adam)."),
     lr: Optional[float] = typer.Option(None, help="Learning rate (default: the rule's, 1e-3 for adam)."),
     lr_decay: Optional[float] = typer.Option(None, help="Learning rate factor per epoch (default 1.0)."),
-    batch_size: Optional[int] = typer.Option(None, help="Minibatch size (default 128)."),
+    batch_size: Optional[int] = typer.Option(None, help="Minibatch size, at most the training images (default 128, or all "
+                                            "the training images if fewer)."),
     reg: Optional[float] = typer.Option(None, help="L2 strength: loss += reg * sum(W**2) (default 0)."),
     weight_scale: Optional[str] = typer.Option(None, help="Initial weight std, or 'kaiming' (default)."),
     num_train: Optional[int] = typer.Option(None, help="Use only the first N training images."),
@@ -135,18 +136,25 @@ def train(
                                           "NUMBA_NUM_THREADS)."),
     resume: Optional[Path] = typer.Option(None, help="Continue from a last.h5 checkpoint; the model, data and "
                                           "optimizer come from it (give --epochs or --time-budget to extend)."),
+    force: Optional[bool] = typer.Option(None, "--force", help="Replace the run already in --out (without it, "
+                                         "train refuses a folder that holds one, unless --resume continues it)."),
 ) -> None:
-    """Train a convnet; Ctrl-C saves last.h5 and exits with code 130, --resume continues."""
+    """Train a convnet into a run folder (locked while training; one that holds a run needs --resume or
+    --force); Ctrl-C saves last.h5 and exits with code 130, --resume continues."""
     # the options given, as `numbaconv train` names them: the RunSpec's keys
     options = {k.replace("_", "-"): (v.value if isinstance(v, Enum) else str(v) if isinstance(v, Path) else v)
                for k, v in locals().items() if v is not None}
-    from numbaconv.run import RunInterrupted, execute, spec_from_options
+    from numbaconv.files import LockedError
+    from numbaconv.run import RunFilesError, RunInterrupted, execute, spec_from_options
     from numbaconv.solver import NonFiniteLossError
 
     display = _Display()
     try:
         spec = spec_from_options(options, prefix="--")
         result = execute(spec, on_progress=display)
+    except (RunFilesError, LockedError) as e:   # the folder, not the options: a full disk, another run in it
+        display.close()
+        raise fail(str(e), 1) from None
     except ValueError as e:  # bad option values, data or checkpoint: the library says what is wrong
         display.close()
         raise fail(str(e), 2) from None
