@@ -270,7 +270,7 @@ def plot_examples(images, labels, class_names, path, per_class: int = 8, title: 
     pictures = _nhwc(images)
     labels = np.asarray(labels)
     C = len(class_names)
-    fig = _figure((1.6 + 0.8 * per_class, 0.3 + 0.8 * C))
+    fig = _figure((1.6 + 0.8 * per_class, 0.5 + 0.8 * C))
     axes = fig.subplots(C, per_class, squeeze=False)
     for c in range(C):
         idx = np.flatnonzero(labels == c)[:per_class]
@@ -286,7 +286,7 @@ def plot_examples(images, labels, class_names, path, per_class: int = 8, title: 
     if title:
         fig.suptitle(title)
     fig.subplots_adjust(left=1.5 / (1.6 + 0.8 * per_class), right=0.99, bottom=0.01,
-                        top=1 - 0.3 / (0.3 + 0.8 * C), wspace=0.05, hspace=0.05)
+                        top=1 - 0.45 / (0.5 + 0.8 * C), wspace=0.05, hspace=0.05)
     return _save(fig, path)
 
 
@@ -321,7 +321,7 @@ def plot_features(images, names, path, backend: str = "cpu", title: str | None =
     fig = _figure((1.0 + 1.2 * n, 4.2))
     axes = fig.subplots(3, n, squeeze=False)
     for j in range(n):
-        top = edges[j].max()
+        top = edges[j, 1:-1, 1:-1].max()   # the border meets the conv's zero padding: scale by the inside
         for r, (img, kw) in enumerate(((pictures[j], {}), (gray[j], {"cmap": "gray", "vmin": 0, "vmax": 1}),
                                        (edges[j], {"cmap": "gray", "vmin": 0, "vmax": top if top > 0 else 1}))):
             ax = axes[r, j]

@@ -262,3 +262,69 @@ def test_plot_bad_history_or_output_is_one_line(tmp_path, long_lines, history, o
     assert line.startswith(f"error: cannot plot {tmp_path / 'history.json'}: ") and message in line
     assert [p.name for p in tmp_path.iterdir()] == ["history.json"]
 
+
+# ---------------------------------------------------------------- 80-column tables
+def _render(renderable, width):
+    from rich.console import Console
+
+    c = Console(width=width, record=True, file=open("/dev/null", "w"))
+    c.print(renderable)
+    return c.export_text()
+
+
+def _words_whole(text, words):
+    """Every word of ``words`` appears unbroken in ``text`` (rich folds a word it cannot fit)."""
+    return all(w in text.split() for w in words)
+
+
+def _bench_rows():
+    from numbaconv.bench import SHAPE_SETS
+
+    ops = ["conv forward", "conv forward+backward", "max pool forward+backward", "spatial BN forward+backward",
+           "spatial BN backward (graph)", "spatial BN backward_alt (closed form)"]
+    return [{"op": op, "shape": s.label, "ms": 12345.678, "reference_ms": 123456.7, "speedup": 123456.0,
+             "gflops": 1234.5, "torch_ms": 10.2, "torch_ratio": 12.21, "cpu_ms": 1000.0, "speedup_vs_cpu": 35.0}
+            for shapes in SHAPE_SETS.values() for s in shapes for op in ops]
+
+
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+def test_bench_tables_fit_80_columns_and_use_more(device):
+    from numbaconv_cli.commands.bench import _tables
+
+    rows = _bench_rows()
+    narrow = "".join(_render(t, 80) for t in _tables(rows, device, 80))
+    assert max(map(len, narrow.splitlines())) <= 80
+    numbers = ["12345.68", "123456.7", "123,456x", "1234.5", "10.20", "12.21x"]
+    assert _words_whole(narrow, numbers + [r["shape"].split()[-1] for r in rows] + ["fwd+bwd", "bwd_alt"])
+    wide = "".join(_render(t, 160) for t in _tables(rows, device, 160))
+    assert "vs torch" in wide and "spatial BN bwd_alt (closed form)" in wide   # one line each when there is room
+
+
+def test_evaluate_and_predict_tables_fit_80_columns(tmp_path, monkeypatch):
+    import numpy as np
+
+    from numbaconv.checkpoint import save_checkpoint
+    from numbaconv.data.synthetic import CLASS_NAMES
+    from numbaconv.models import DeepConvNet
+    from numbaconv_cli import console as c
+
+    deep = tmp_path / ("a-rather-long-folder-name-" * 3) / "runs" / "2026-11-30" / "best.h5"
+    deep.parent.mkdir(parents=True)
+    model = DeepConvNet(num_filters=[4], max_pools=[0], weight_scale="kaiming", seed=0)
+    save_checkpoint(deep, model, which="model", data_info={"name": "synthetic", "num_val": 20, "num_train": 40,
+                                                          "mean": [0.5] * 3, "std": None, "class_names": CLASS_NAMES})
+    np.save(tmp_path / "x.npy", np.zeros((2, 32, 32, 3), np.uint8))
+    for width in (80, 160):
+        monkeypatch.setattr(c.console, "width", width)
+        for args in (["evaluate", str(deep), "--split", "val"], ["predict", str(deep), str(tmp_path / "x.npy")]):
+            r = runner.invoke(app, args)
+            assert r.exit_code == 0, r.output
+            lines = r.output.splitlines()
+            assert max(map(len, lines)) <= width
+            # paths are shortened from the left, whole file names kept; class names never folded
+            assert "best.h5" in r.output and (args[0] == "evaluate" or "x.npy[1]" in r.output)
+            col = 1 if args[0] == "evaluate" else 2   # the class column: every cell a whole class name
+            cells = [line.split("│")[col].strip() for line in lines if line.count("│") > col]
+            assert cells and set(cells) <= set(CLASS_NAMES) | {"all", ""}, cells
+        # the room is used: more of the path at 160 columns than at 80
+        assert ("a-rather-long-folder-name-" in r.output) == (width == 160)

@@ -150,11 +150,11 @@ def test_predict_cli_refuses_a_file_that_is_not_a_checkpoint(tmp_path):
 
 def test_evaluate_confusion_png_and_json(checkpoint, tmp_path):
     png = tmp_path / "confusion.png"
-    r = runner.invoke(app, ["evaluate", str(checkpoint), "--confusion", str(png), "--json"])
+    r = runner.invoke(app, ["evaluate", str(checkpoint), "--split", "val", "--confusion", str(png), "--json"])
     assert r.exit_code == 0, r.output
     out = json.loads(r.output)
     counts = np.array(out["confusion"])
-    assert counts.shape == (10, 10) and counts.sum() == out["num_images"] == 1000
+    assert counts.shape == (10, 10) and counts.sum() == out["num_images"] == 40
     assert np.trace(counts) == out["correct"]
     recall = np.diag(counts) / counts.sum(axis=1)
     assert np.allclose([out["per_class"][n] for n in out["class_names"]], recall)

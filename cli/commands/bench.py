@@ -64,21 +64,31 @@ def _tables(rows, device: str, width: int = 80):
     for label in dict.fromkeys(r["shape"] for r in rows):
         group = [r for r in rows if r["shape"] == label]
         used = [c for c in cols if c[0] == "ms" or any(r.get(c[0]) is not None for r in group)]
-        t = Table(title=label, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
         ops = [_short_op(r["op"]) for r in group]
-        t.add_column("op", min_width=max(len(w) for op in ops for w in op.split()))   # wraps at spaces only
+        op_min = max(len(w) for op in ops for w in op.split())
         cells = [[_fmt(r.get(key), spec, suffix) for key, _, spec, suffix in used] for r in group]
         full = [max([len(name)] + [len(row[j]) for row in cells]) for j, (_, name, _, _) in enumerate(used)]
-        if max(map(len, ops)) + sum(full) + 2 * (len(used) + 1) > width:
+        # a column costs its width plus 3 (padding either side and the space SIMPLE_HEAD draws between)
+        if max(map(len, ops)) + sum(full) + 3 * (len(used) + 1) > width:
             # short of room: each number column as wide as its widest number or header word (the header
             # then wraps at its space; numbers never do), the op column takes the rest
             full = [max([len(w) for w in name.split()] + [len(row[j]) for row in cells])
                     for j, (_, name, _, _) in enumerate(used)]
-        for (_, name, _, _), w in zip(used, full):
-            t.add_column(name, justify="right", width=w)
-        for op, row in zip(ops, cells):
-            t.add_row(op, *row)
-        tables.append(t)
+        # still too wide (many columns of big numbers): the columns go into as many tables as it takes,
+        # each repeating the op column, rather than rich dropping or folding one
+        parts, room = [[]], width - op_min - 3
+        for j, w in enumerate(full):
+            if parts[-1] and sum(full[k] + 3 for k in parts[-1]) + w + 3 > room:
+                parts.append([])
+            parts[-1].append(j)
+        for part in parts:
+            t = Table(title=label, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
+            t.add_column("op", min_width=op_min)   # wraps at spaces only
+            for j in part:
+                t.add_column(used[j][1], justify="right", width=full[j])
+            for op, row in zip(ops, cells):
+                t.add_row(op, *(row[j] for j in part))
+            tables.append(t)
     return tables
 
 
