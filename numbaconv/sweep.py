@@ -236,9 +236,9 @@ def _same_run(a: dict, b: dict) -> bool:
     return ({k: v for k, v in a.items() if k not in skip} == {k: v for k, v in b.items() if k not in skip})
 
 
-def _starting_records(runs: list[SweepRun], out: Path, resume: bool) -> list[dict]:
+def _starting_records(runs: list[SweepRun], out: Path, resume: bool, replace: bool = False) -> list[dict]:
     if not resume:
-        if (out / RESULTS).exists():
+        if (out / RESULTS).exists() and not replace:
             raise ValueError(f"{out} already holds a sweep ({out / RESULTS}); pass --resume to finish it, "
                              f"or choose another --out")
         return [_record(r) for r in runs]
@@ -325,7 +325,7 @@ class _Progress:
 
 
 def run_sweep(runs: list[SweepRun], out, *, workers: int | None = None, threads: int | None = 1,
-              scheduler: str | None = None, resume: bool = False, meta: dict | None = None,
+              scheduler: str | None = None, resume: bool = False, replace: bool = False, meta: dict | None = None,
               on_update: Callable[[dict, dict | None], None] | None = None,
               execute: Callable | None = None) -> list[dict]:
     """Run ``runs`` into ``out`` and return one record per run (as in results.json, plus each
@@ -333,8 +333,11 @@ def run_sweep(runs: list[SweepRun], out, *, workers: int | None = None, threads:
     0: in this process, no Dask); ``scheduler``: a Dask scheduler address instead; ``threads``:
     Numba threads per run unless its spec sets them (None: leave as set). ``on_update(counts,
     record)`` is called when a run starts or ends (counts: total, done, failed, running,
-    pending, workers). Raises ValueError for a bad folder or resume, ImportError without Dask,
-    KeyboardInterrupt after Ctrl-C (results.json written first)."""
+    pending, workers: 0 in this process, None until a cluster is up). ``resume``: keep the done
+    runs of the sweep already in ``out`` and run the rest; ``replace``: start over in ``out`` even
+    if it holds a sweep (the experiments rerun this way); otherwise ``out`` holding a sweep is an
+    error. Raises ValueError for a bad folder or
+    resume, ImportError without Dask, KeyboardInterrupt after Ctrl-C (results.json written first)."""
     from .files import check_writable_folder, exclusive_lock
 
     out = Path(out)
@@ -342,6 +345,8 @@ def run_sweep(runs: list[SweepRun], out, *, workers: int | None = None, threads:
         raise ValueError(f"workers must be an integer >= 0, got {workers!r}")
     if scheduler is not None and workers is not None:
         raise ValueError("give workers (a local cluster) or a scheduler address, not both")
+    if resume and replace:
+        raise ValueError("resume keeps a sweep's done runs, replace starts over: give one")
     names = [r.name for r in runs]
     if len(set(names)) != len(names):
         raise ValueError("two runs of a sweep share a name (and so a folder); names must be unique")
@@ -351,12 +356,12 @@ def run_sweep(runs: list[SweepRun], out, *, workers: int | None = None, threads:
     check_writable_folder(out, "sweep folder")
     out.mkdir(parents=True, exist_ok=True)
     with exclusive_lock(out, f"sweep folder {out}"):
-        records = _starting_records(runs, out, resume)
+        records = _starting_records(runs, out, resume, replace)
         write_results(out, records, meta)
         # A rerun starts afresh in its folder (force: an interrupted try may have left files there).
-        todo = [(i, SweepRun(run.name, run.params, dict(run.spec, force=True)) if resume else run)
+        todo = [(i, SweepRun(run.name, run.params, dict(run.spec, force=True)) if resume or replace else run)
                 for i, (run, rec) in enumerate(zip(runs, records)) if rec["status"] != "done"]
-        progress = _Progress(records, on_update, 1 if inline else None)
+        progress = _Progress(records, on_update, 0 if inline else None)
         progress()
         if todo:
             go = _run_inline if inline else _run_dask
