@@ -184,3 +184,24 @@ def test_batchnorm_running_stats_are_used_in_x_dtype(nb, rng, layer, shape):
     p = {"mode": "train", **stats}
     getattr(nb, layer).forward(x, gamma, beta, p)
     assert p["running_mean"].dtype == p["running_var"].dtype == np.float32
+
+
+@pytest.mark.parametrize("pool", [None, {"pool_height": 2, "pool_width": 2, "stride": 2}])
+def test_fused_layers_propagate_nan(nb, pool):
+    # test mode keeps a NaN local: the window holding it outputs NaN, its gradient goes to
+    # the NaN (ReLU passes it), and the other windows are untouched, as in the composition
+    if not hasattr(nb, "Conv_BatchNorm_ReLU"):
+        pytest.skip("this backend has no fused layers")
+    name = "Conv_BatchNorm_ReLU" if pool is None else "Conv_BatchNorm_ReLU_Pool"
+    extra = () if pool is None else (pool,)
+    x = np.array([[1.0, np.nan, -5.0, -6.0], [3.0, 2.0, -7.0, -8.0]])[None, None]
+    args = (x, np.ones((1, 1, 1, 1)), np.zeros(1), np.ones(1), np.zeros(1), {"stride": 1, "pad": 0})
+    stats = {"mode": "test", "running_mean": np.zeros(1), "running_var": np.ones(1)}
+    out, cache = getattr(nb, name).forward(*args, dict(stats), *extra)
+    want, cache_ref = getattr(sandwiches("reference"), name).forward(*args, dict(stats), *extra)
+    np.testing.assert_array_equal(np.isnan(out), np.isnan(want))
+    np.testing.assert_allclose(out, want, rtol=1e-12)
+    dout = np.arange(1.0, 1.0 + want.size).reshape(want.shape)
+    dx = getattr(nb, name).backward(dout, cache)[0]
+    np.testing.assert_allclose(dx, getattr(sandwiches("reference"), name).backward(dout, cache_ref)[0], rtol=1e-12)
+    assert dx[0, 0, 0, 1] != 0   # the NaN's position takes its window's gradient
