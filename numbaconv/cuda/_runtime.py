@@ -149,7 +149,9 @@ def adopt(a):
     else:
         from cuda.core.utils import StridedMemoryView   # numba-cuda's own dependency
 
-        view = StridedMemoryView.from_dlpack(a, stream_ptr=-1)   # -1: the exporter need not synchronise
+        # stream 1 is CUDA's legacy default stream, the backend's: the exporter orders its
+        # pending work on its own stream before it (DLPack's stream protocol)
+        view = StridedMemoryView.from_dlpack(a, stream_ptr=1)
         itemsize = np.dtype(view.dtype).itemsize
         desc = {"shape": tuple(view.shape), "typestr": np.dtype(view.dtype).str, "version": 3,
                 "data": (int(view.ptr), bool(view.readonly)),
