@@ -16,7 +16,7 @@ Backward: (1) the sums for dbeta and dgamma, read from the pooled arrays only;
 the pool's recorded maxima and the ReLU mask, in one elementwise kernel; then
 the conv's backward (dw, db and, unless ``need_dx`` is False, dx). (2) writes its
 gradient once to a reused scratch buffer (16 MiB for a 32-channel 32x32 layer at
-N=128 in float32: it stays in an H200's L2 cache, as the cpu layer's per-image
+N=128 in float32: it fits in an H200's 50 MB L2 cache, as the cpu layer's per-image
 buffer stays in its cache) rather than being folded into the loads of the dw and
 dx kernels, which would recompute it once per tile of K (five times at C=32) and
 gather the pool windows each time; which is faster is for a GPU to measure.
