@@ -4,7 +4,7 @@ The signatures and contract of the cpu backend's fused layers (and of the
 sandwiches of ``numbaconv.layers``, the reference compositions they are tested
 against), with fewer launches and fewer passes over the activations:
 
-Forward, three launches (the composition: eight): (1) the conv, whose kernel
+Forward, three launches (the composition: five): (1) the conv, whose kernel
 also writes each output tile's per-filter mean and sum of squared deviations
 from its registers, so batch norm's statistics cost no pass over the output;
 (2) bn_stats combines the tiles (Chan et al.), takes std and updates the running
