@@ -122,3 +122,36 @@ def test_fused_conv_bn_relu_pool_at_scale_matches_reference_composition(pool, mo
             assert np.max(np.abs(g - g_ref)) < 1e-9, what
         else:
             assert normwise_error(g, g_ref) < TOL, what
+
+
+class _OnlyDLPack:
+    """A tensor seen through DLPack alone (as JAX exports one)."""
+
+    def __init__(self, t):
+        self._t = t
+
+    def __dlpack__(self, **kwargs):
+        return self._t.__dlpack__(**kwargs)
+
+    def __dlpack_device__(self):
+        return self._t.__dlpack_device__()
+
+
+@pytest.mark.parametrize("through", ["__cuda_array_interface__", "__dlpack__"])
+def test_pytorch_cuda_tensors_in_and_out_without_a_copy(through):
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("PyTorch sees no GPU")
+    rng = np.random.default_rng(16)
+    x, w, b = rng.standard_normal((4, 3, 8, 8)), rng.standard_normal((5, 3, 3, 3)), rng.standard_normal(5)
+    wrap = (lambda t: t) if through == "__cuda_array_interface__" else _OnlyDLPack
+    tx, tw, tb = (torch.from_numpy(a).cuda() for a in (x, w, b))
+    with nb.count_transfers() as t:
+        out, cache = nb.Conv.forward(wrap(tx), wrap(tw), wrap(tb), {"stride": 1, "pad": 1})
+        dx, dw, db = nb.Conv.backward(wrap(torch.ones(out.shape, dtype=torch.float64, device="cuda")), cache)
+    assert (t.h2d, t.d2h) == (0, 0)
+    back = torch.as_tensor(out, device="cuda")   # numba's array, read by PyTorch in place
+    assert back.data_ptr() == out.device_ctypes_pointer.value
+    out_ref, cache_ref = ref.Conv.forward(x, w, b, {"stride": 1, "pad": 1})
+    assert rel_error(back.cpu().numpy(), out_ref) < TOL
+    assert rel_error(dx.copy_to_host(), ref.Conv.backward(np.ones(out_ref.shape), cache_ref)[0]) < TOL
