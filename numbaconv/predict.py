@@ -254,7 +254,7 @@ def raw_split(name: str, split: str = "train", num_val: int = 0, num_train: int 
         stored = read_h5(dataset_path(name, data_home))
         class_names, source = list(stored.class_names), str(dataset_path(name, data_home))
         if split == "test" and "test" not in stored.splits:
-            raise ValueError(f"dataset {source} has no test split; choose --split train or val")
+            raise ValueError(f"dataset {source} has no test split (its source had none); use its train split")
         X, y = stored.splits["test" if split == "test" else "train"]
     if split != "test":
         n = len(X)
