@@ -10,6 +10,10 @@ and linear are limited to the same count for the duration of each call.
 the sandwiches in ``numbaconv.layers`` (same signatures and results); models
 use a backend's fused layer when it has one.
 """
+from ._threads import configure_from_environment
+
+configure_from_environment()   # before any kernel starts numba's threads (candidates of issue #12, off by default)
+
 from .batchnorm import BatchNorm, SpatialBatchNorm
 from .conv import Conv
 from .fused import Conv_BatchNorm_ReLU, Conv_BatchNorm_ReLU_Pool

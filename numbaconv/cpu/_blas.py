@@ -17,6 +17,8 @@ from contextlib import contextmanager
 import numba
 import numpy as np
 
+from ._threads import threads_for_call
+
 _lock = threading.Lock()
 _controllers = None
 
@@ -65,15 +67,17 @@ SMALL_WORK = 1 << 15
 
 @contextmanager
 def kernel_threads(work: int):
-    """Numba threads for one kernel call: the caller's count, or 1 for small work.
+    """Numba threads for one kernel call: the caller's count, or 1 for small work (or fewer when
+    the free-cores candidate of ``_threads`` is chosen and other processes hold cores).
 
     ``numba.set_num_threads`` is thread-local and restored on exit, so this is
     scoped to the call like ``blas_threads``."""
     n = numba.get_num_threads()
-    if n == 1 or work >= SMALL_WORK:
+    want = 1 if work < SMALL_WORK else threads_for_call(n)   # n unless a _threads candidate says less
+    if want == n:
         yield
         return
-    numba.set_num_threads(1)
+    numba.set_num_threads(want)
     try:
         yield
     finally:
