@@ -36,104 +36,30 @@ def run_ours(data, X_test, y_test, budget, seed, recipe):
 
 
 def run_torch(data, X_test, y_test, budget, seed, recipe, threads):
-    import torch
-    import torch.nn as nn
+    from numbaconv.torch_recipe import TorchRecipe
 
-    from numbaconv.models import build_model
-    from numbaconv.recipe import RECIPES, TimeSchedule, augment_crop_flip, recipe_model_config
-
-    torch.set_num_threads(threads)
-    torch.manual_seed(seed)
-    r = RECIPES[recipe]
-    m = r["model"]
-    C = data["X_train"].shape[1]
-    layers, c_in = [], C
-    num_classes = int(max(data["y_train"].max(), data["y_val"].max())) + 1
-    if m.get("whiten"):   # the same frozen stem: fitted by our FastNet's prepare() on the same images
-        ours = build_model(recipe_model_config(recipe, data["X_train"].shape[1:], num_classes), seed=seed)
-        ours.prepare(data["X_train"])
-        ww, cp = ours.params["whiten_W"], ours.whiten_conv_param
-        stem = nn.Conv2d(C, ww.shape[0], ww.shape[2], stride=cp["stride"], padding=cp["pad"])
-        with torch.no_grad():
-            stem.weight.copy_(torch.from_numpy(ww))
-            stem.bias.copy_(torch.from_numpy(ours.params["whiten_b"]))
-        stem.requires_grad_(False)
-        layers, c_in = [stem], ww.shape[0]
-    plan = ([(m["stem"], False)] if m["stem"] else [])
-    for w in m["widths"]:
-        plan += [(w, True)] + [(w, False)] * (m["convs_per_group"] - 1)
-    for F, pool in plan:   # conv - BN - ReLU - pool, the order of our Conv_BatchNorm_ReLU_Pool
-        conv = nn.Conv2d(c_in, F, 3, padding=1)
-        nn.init.kaiming_normal_(conv.weight, nonlinearity="relu")
-        nn.init.zeros_(conv.bias)
-        layers += [conv, nn.BatchNorm2d(F, momentum=0.1), nn.ReLU()] + ([nn.MaxPool2d(2)] if pool else [])
-        c_in = F
-    fc = nn.Linear(c_in, num_classes)
-    nn.init.normal_(fc.weight, std=(1.0 / c_in) ** 0.5)
-    nn.init.zeros_(fc.bias)
-    net = nn.Sequential(*layers, nn.AdaptiveMaxPool2d(1), nn.Flatten(), fc)
-    scale = m["logit_scale"]
-    trained = [p for p in net.parameters() if p.requires_grad]    # not the frozen stem
-    decay = [p for p in trained if p.ndim > 1]       # conv and linear weights only
-    no_decay = [p for p in trained if p.ndim <= 1]    # biases, BN gamma/beta
-    oc = r["optim_config"]
-    opt = torch.optim.SGD([{"params": decay, "weight_decay": oc["weight_decay"]},
-                           {"params": no_decay, "weight_decay": 0.0}],
-                          lr=r["peak_lr"], momentum=oc["momentum"], nesterov=True)
-    sched = TimeSchedule(r["peak_lr"], budget, warmup=r["warmup"], shape=r["shape"])
-    lossf = nn.CrossEntropyLoss(label_smoothing=m["smoothing"])
-    augment = augment_crop_flip(r["pad"], r["flip"])
-    rng = np.random.default_rng(seed)
-    Xtr, ytr = data["X_train"], data["y_train"]
-    B = r["batch_size"]
-    ipe = max(Xtr.shape[0] // B, 1)
-
-    def accuracy(X, y):
-        net.eval()
-        correct = 0
-        with torch.no_grad():
-            for s in range(0, X.shape[0], 500):
-                xb = torch.from_numpy(np.ascontiguousarray(X[s:s + 500]))
-                scores = net(xb)
-                if m["tta_flip"]:
-                    scores = 0.5 * (scores + net(torch.flip(xb, dims=[3])))
-                correct += int((scores.argmax(1).numpy() == y[s:s + 500]).sum())
-        net.train()
-        return correct / X.shape[0]
-
-    class _T:   # what TimeSchedule reads
-        train_time = 0.0
-    t, last, steps, best, best_state = _T(), 0.0, 0, -1.0, None
-    # warm-up step outside the clock (like Solver.warmup), its update thrown away
-    state0 = {k: v.clone() for k, v in net.state_dict().items()}
-    lossf(net(torch.from_numpy(Xtr[:B])), torch.from_numpy(ytr[:B])).backward()
-    net.load_state_dict(state0)
-    opt.zero_grad(set_to_none=True)
-    while t.train_time + last <= budget:
+    rec = TorchRecipe(recipe, data, seed=seed, threads=threads, budget=budget)
+    ipe = max(rec.X.shape[0] // rec.batch_size, 1)
+    train_time, last, steps, best, best_state = 0.0, 0.0, 0, -1.0, None
+    rec.warmup()
+    while train_time + last <= budget:
         start = time.perf_counter()
-        for g in opt.param_groups:
-            g["lr"] = sched.peak_lr * sched.factor(t.train_time / budget)
-        idx = rng.choice(Xtr.shape[0], B)
-        xb, yb = augment(Xtr[idx], ytr[idx], rng)
-        loss = lossf(net(torch.from_numpy(np.ascontiguousarray(xb))) * scale, torch.from_numpy(yb))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        rec.step(train_time / budget)
         last = time.perf_counter() - start
-        t.train_time += last
+        train_time += last
         steps += 1
         if steps % ipe == 0:
-            acc = accuracy(data["X_val"], data["y_val"])
+            acc = rec.accuracy(data["X_val"], data["y_val"])
             if acc > best:
-                best, best_state = acc, {k: v.clone() for k, v in net.state_dict().items()}
-    acc = accuracy(data["X_val"], data["y_val"])
+                best, best_state = acc, rec.state()
+    acc = rec.accuracy(data["X_val"], data["y_val"])
     if acc > best:
-        best, best_state = acc, {k: v.clone() for k, v in net.state_dict().items()}
-    net.load_state_dict(best_state)
-    res = {"val_acc": best, "images_per_s": steps * B / t.train_time, "epochs": steps / ipe,
-           "train_time": t.train_time, "steps": steps}
+        best, best_state = acc, rec.state()
+    rec.net.load_state_dict(best_state)
+    res = {"val_acc": best, "images_per_s": steps * rec.batch_size / train_time, "epochs": steps / ipe,
+           "train_time": train_time, "steps": steps}
     if X_test is not None:
-        res["test_acc"] = accuracy(X_test, y_test)
+        res["test_acc"] = rec.accuracy(X_test, y_test)
     return res
 
 
