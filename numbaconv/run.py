@@ -346,9 +346,11 @@ class Plan:
             shape = f"{cfg['num_filters']} filters {cfg['filter_size']}x{cfg['filter_size']}, hidden {cfg['hidden_dim']}"
         else:
             shape = f"widths {','.join(map(str, cfg.get('widths', [])))}"
-        recipe = f" (recipe {self.run['recipe']})" if self.run.get("recipe") else ""
-        return (f"training {m.kind} net{recipe} ({shape}, {cfg['dtype']}) with {s.update_rule_name}, lr "
-                f"{s.learning_rate:g}, batch {s.batch_size} on {ds.source}: {ds.X_train.shape[0]} train / "
+        recipe = f" of recipe {self.run['recipe']}" if self.run.get("recipe") else ""
+        peak = getattr(s.schedule, "peak_lr", None)   # a schedule sets the rate step by step
+        lr = f"lr {s.learning_rate:g}" if s.schedule is None else "scheduled lr" + (f" (peak {peak:g})" if peak else "")
+        return (f"training {m.kind} net{recipe} ({shape}, {cfg['dtype']}) with {s.update_rule_name}, {lr}, "
+                f"batch {s.batch_size} on {ds.source}: {ds.X_train.shape[0]} train / "
                 f"{ds.X_val.shape[0]} val images, backend {m.backend}")
 
 

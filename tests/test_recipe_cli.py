@@ -22,6 +22,8 @@ def test_recipe_fast_trains_and_resumes(tmp_path):
     out = tmp_path / "run"
     r = runner.invoke(app, [*BASE, "--epochs", "1", "--out", str(out)])
     assert r.exit_code == 0, r.output
+    assert ("training fast net of recipe fast (widths 24,48,96, float32) with sgd_nesterov, scheduled lr (peak 0.4), "
+            "batch 256") in " ".join(r.output.split())
     config = json.loads((out / "config.json").read_text())
     assert config["model"]["kind"] == "fast" and config["model"]["smoothing"] == 0.2
     assert config["run"]["recipe"] == "fast" and config["solver"]["update_rule"] == "sgd_nesterov"
