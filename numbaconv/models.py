@@ -334,6 +334,16 @@ def global_max_pool_backward(dout, cache):
     return dx.reshape(shape)
 
 
+def shift_images(X, dy: int, dx: int):
+    """X (N, C, H, W) translated by (dy, dx) pixels: out[..., i, j] = X[..., i - dy, j - dx], and 0
+    (the mean image, after mean subtraction) where that falls outside, as training's translation pads."""
+    out = np.zeros_like(X)
+    H, W = X.shape[2:]
+    out[..., max(dy, 0):H + min(dy, 0), max(dx, 0):W + min(dx, 0)] = X[..., max(-dy, 0):H - max(dy, 0),
+                                                                        max(-dx, 0):W - max(dx, 0)]
+    return out
+
+
 class FastNet(_ConvNet):
     """The "fast CIFAR" recipe's net (residual-free):
     stem conv 3x3 - BN - ReLU (``stem=0``: none), then per width in ``widths`` a group
@@ -349,14 +359,39 @@ class FastNet(_ConvNet):
     2x2 windows: the map halves). Its weights ``whiten_W``/``whiten_b`` are parameters
     that training leaves alone (``frozen``), so checkpoints keep them. Whitened inputs
     make the first trained layer's gradient steps well conditioned.
+
+    Recipe options (each off by default, so older configs build the same net; airbench's
+    ablations, arXiv 2404.00498, give the reasons):
+    ``whiten_neg``: the stem outputs its ``whiten`` components and their negations, then a
+    ReLU (2k channels; the ReLU keeps both signs of each component instead of half).
+    ``dirac``: each conv's first min(F, C_in) filters start as the identity (the rest as
+    ``weight_scale`` says): an implicit residual path, so a deep plain net trains like a short one.
+    ``freeze_bn_scale``: BN's gamma stays 1 (listed in ``frozen``): with BN after every conv the
+    scale is redundant with the next conv's weights and only adds noise to the steps.
+    ``bn_momentum``: the running statistics' factor (0.9 by default; the long recipe's 0.6 lets
+    them follow the weights that lookahead moves every few steps).
+    ``tta_shift``: ``predict`` also averages the views translated by +-``tta_shift`` pixels
+    (zero = mean padding, as in training), weighted 0.5 for the image and 0.25 per shift;
+    each view is mirror-averaged too when ``tta_flip``.
     """
 
     kind = "fast"
 
     def __init__(self, input_dims=(3, 32, 32), stem=16, widths=(16, 32, 64), convs_per_group=1,
                  num_classes=10, smoothing=0.2, logit_scale=1.0, tta_flip=False, weight_scale="kaiming",
-                 reg=0.0, dtype=np.float32, backend="cpu", seed=None, whiten=0, whiten_stride=1):
+                 reg=0.0, dtype=np.float32, backend="cpu", seed=None, whiten=0, whiten_stride=1,
+                 whiten_neg=False, dirac=False, freeze_bn_scale=False, bn_momentum=0.9, tta_shift=0):
         self._setup(input_dims, num_classes, reg, dtype, backend, seed)
+        self.whiten_neg, self.dirac, self.freeze_bn_scale = bool(whiten_neg), bool(dirac), bool(freeze_bn_scale)
+        try:
+            self.bn_momentum = float("nan") if isinstance(bn_momentum, bool) else float(bn_momentum)
+        except (TypeError, ValueError):
+            self.bn_momentum = float("nan")
+        if not 0.0 <= self.bn_momentum < 1.0:
+            raise ValueError(f"bn_momentum must be a number in [0, 1), got {bn_momentum!r}")
+        if isinstance(tta_shift, bool) or not isinstance(tta_shift, (int, np.integer)) or not 0 <= tta_shift <= 2:
+            raise ValueError(f"tta_shift must be 0 (off), 1 or 2 pixels, got {tta_shift!r}")
+        self.tta_shift = int(tta_shift)
         C = self.input_dims[0]
         self.whiten = 0 if whiten in (0, None) else _pos_int("whiten", whiten)
         if self.whiten > 4 * C:
@@ -398,12 +433,18 @@ class FastNet(_ConvNet):
             # until fit_whitening: the first k coordinates of each 2x2 patch, unscaled
             self._set_whitening(np.eye(4 * C)[:self.whiten], np.zeros(self.whiten))
             self.frozen = ("whiten_W", "whiten_b")
-            c_in = self.whiten
+            c_in = self.stem_channels
+        if self.whiten_neg and not self.whiten:
+            raise ValueError("whiten_neg needs a whitening stem (whiten > 0)")
         for i, (F, _) in enumerate(self.layers, start=1):
             if self.weight_scale == "kaiming":
                 self.params[f"W{i}"] = kaiming_initializer(c_in, F, K=3, relu=True, dtype=self.dtype, rng=self.rng)
             else:
                 self.params[f"W{i}"] = (self.rng.standard_normal((F, c_in, 3, 3)) * self.weight_scale).astype(self.dtype)
+            if self.dirac:   # drawn first all the same, so the random stream (and every other weight) is unchanged
+                n = min(F, c_in)
+                self.params[f"W{i}"][:n] = 0
+                self.params[f"W{i}"][np.arange(n), np.arange(n), 1, 1] = 1
             self.params[f"b{i}"] = np.zeros(F, dtype=self.dtype)
             self.params[f"gamma{i}"] = np.ones(F, dtype=self.dtype)
             self.params[f"beta{i}"] = np.zeros(F, dtype=self.dtype)
@@ -411,9 +452,16 @@ class FastNet(_ConvNet):
         last = len(self.layers) + 1
         self.params[f"W{last}"] = kaiming_initializer(c_in, self.num_classes, relu=False, dtype=self.dtype, rng=self.rng)
         self.params[f"b{last}"] = np.zeros(self.num_classes, dtype=self.dtype)
-        self.bn_params = [{"mode": "train", "running_mean": np.zeros(F, dtype=self.dtype),
+        self.bn_params = [{"mode": "train", "momentum": self.bn_momentum, "running_mean": np.zeros(F, dtype=self.dtype),
                            "running_var": np.zeros(F, dtype=self.dtype)} for F, _ in self.layers]
+        if self.freeze_bn_scale:
+            self.frozen += tuple(f"gamma{i}" for i in range(1, len(self.layers) + 1))
         self.conv_param = {"stride": 1, "pad": 1}
+
+    @property
+    def stem_channels(self) -> int:
+        """Channels out of the whitening stem: its components, twice with their negations."""
+        return self.whiten * (2 if self.whiten_neg else 1)
 
     @property
     def whiten_conv_param(self) -> dict:
@@ -428,8 +476,11 @@ class FastNet(_ConvNet):
             w[:, :, :2, :2] = w2
         else:
             w = w2
+        bias = np.asarray(bias, dtype=np.float64)
+        if self.whiten_neg:
+            w, bias = np.concatenate([w, -w]), np.concatenate([bias, -bias])
         self.params["whiten_W"] = w.astype(self.dtype)
-        self.params["whiten_b"] = np.asarray(bias, dtype=self.dtype)
+        self.params["whiten_b"] = bias.astype(self.dtype)
 
     def fit_whitening(self, X, eps: float = 5e-4) -> np.ndarray:
         """Set the whitening stem from images X (N, C, H, W): the top ``whiten`` eigenvectors
@@ -462,7 +513,8 @@ class FastNet(_ConvNet):
                 "convs_per_group": self.convs_per_group, "num_classes": self.num_classes,
                 "smoothing": self.smoothing, "logit_scale": self.logit_scale, "tta_flip": self.tta_flip,
                 "weight_scale": self.weight_scale, "reg": self.reg, "dtype": self.dtype.name,
-                "backend": self.backend}
+                "backend": self.backend, "whiten_neg": self.whiten_neg, "dirac": self.dirac,
+                "freeze_bn_scale": self.freeze_bn_scale, "bn_momentum": self.bn_momentum, "tta_shift": self.tta_shift}
 
     def _scores(self, X, train: bool):
         self._set_bn_mode("train" if train else "test")
@@ -471,6 +523,8 @@ class FastNet(_ConvNet):
         h = X
         if self.whiten:   # frozen: nothing is kept for backward
             h, _ = self.nb.Conv.forward(X, p["whiten_W"], p["whiten_b"], self.whiten_conv_param)
+            if self.whiten_neg:
+                h, _ = self.nb.ReLU.forward(h)
         for i, (_, pool) in enumerate(self.layers, start=1):
             layer = self._bn_layer(pool)
             h, cache = layer.forward(h, p[f"W{i}"], p[f"b{i}"], p[f"gamma{i}"], p[f"beta{i}"], self.conv_param,
@@ -481,13 +535,21 @@ class FastNet(_ConvNet):
         scores, lcache = self.nb.Linear.forward(g, p[f"W{last}"], p[f"b{last}"])
         return scores * self.dtype.type(self.logit_scale), (caches, gcache, lcache)
 
+    def _view_scores(self, X):
+        """Test-mode scores of X, averaged with its mirror when ``tta_flip``."""
+        scores, _ = self._scores(X, train=False)
+        if self.tta_flip:
+            scores = 0.5 * (scores + self._scores(np.ascontiguousarray(X[..., ::-1]), train=False)[0])
+        return scores
+
     def loss(self, X, y=None):
         X = self._check_inputs(X, y)
         if y is None:
-            scores, _ = self._scores(X, train=False)
-            if self.tta_flip:
-                scores = 0.5 * (scores + self._scores(np.ascontiguousarray(X[..., ::-1]), train=False)[0])
-            return scores
+            if not self.tta_shift:
+                return self._view_scores(X)
+            s = self.tta_shift
+            return (0.5 * self._view_scores(X) + 0.25 * self._view_scores(shift_images(X, s, s))
+                    + 0.25 * self._view_scores(shift_images(X, -s, -s)))
         scores, (caches, gcache, lcache) = self._scores(X, train=True)
         from .losses import smoothed_softmax_loss
 

@@ -36,6 +36,18 @@ A model with a ``prepare(X_train)`` method (data-dependent initialisation, e.g.
 FastNet's whitening stem) gets it called once, when the Solver is built, before
 any training time is counted; ``load_state_dict`` then overwrites what it set.
 Parameters named in ``model.frozen`` are never updated (and need no gradient).
+
+Recipe options: an optimizer config key ``lr_scale`` multiplies the learning rate that
+``set_learning_rate`` gives that parameter (per-group rates, e.g. numbaconv.recipe's 64x for
+BN biases); ``learning_rate`` reports the unscaled one. ``lookahead_every=k`` pulls the
+weights towards a running average every k steps (airbench's lookahead: slow = d * slow +
+(1 - d) * w, then w = slow, with d = ``lookahead_decay`` ** k times the training progress
+cubed, so it moves freely early and averages strongly at the end); the averages live in
+each parameter's optimizer config (key "lookahead"), so checkpoints keep them. An augment
+hook with ``per_image = True`` is also given ``index`` (the minibatch's image indices),
+``epoch`` (``iteration // iterations_per_epoch``) and ``seed`` (``augment_seed``, drawn
+from the Solver's seed and kept in its state), for augmentations that depend on the image
+and epoch (alternating flips) and stay reproducible on resume.
 """
 from __future__ import annotations
 
@@ -246,14 +258,22 @@ class Solver:
         self.augment: Callable | None = kwargs.pop("augment", None)
         self.on_iteration: Callable | None = kwargs.pop("on_iteration", None)
         self.on_epoch_end: Callable | None = kwargs.pop("on_epoch_end", None)
+        self.lookahead_every = _opt_int("lookahead_every", kwargs.pop("lookahead_every", None), True)
+        self.lookahead_decay = kwargs.pop("lookahead_decay", 0.95)
+        if isinstance(self.lookahead_decay, bool) or not isinstance(self.lookahead_decay, (int, float)) \
+                or not 0.0 <= self.lookahead_decay < 1.0:
+            raise ValueError(f"lookahead_decay must be a number in [0, 1), got {self.lookahead_decay!r}")
+        self.lookahead_decay = float(self.lookahead_decay)
         if kwargs:
             raise ValueError(f"unrecognized Solver arguments: {', '.join(sorted(kwargs))}")
         # Two generators, so accuracy checks (extra ones included) never shift the
         # minibatch stream: one for minibatches and augmentation, one for checks.
         seq = np.random.SeedSequence(seed)
-        train_seq, eval_seq = seq.spawn(2)
+        # A third child (the first two are the same as with spawn(2)) seeds per-image augmentation.
+        train_seq, eval_seq, aug_seq = seq.spawn(3)
         self.rng = np.random.Generator(np.random.PCG64(train_seq))
         self.eval_rng = np.random.Generator(np.random.PCG64(eval_seq))
+        self.augment_seed = int(aug_seq.generate_state(1, dtype=np.uint32)[0])
         self._reset()
 
     # ------------------------------------------------------------------ state
@@ -300,12 +320,33 @@ class Solver:
     def learning_rate(self) -> float:
         cfgs = list(self.optim_configs.values())
         if cfgs and "learning_rate" in cfgs[0]:
-            return float(cfgs[0]["learning_rate"])
+            return float(cfgs[0]["learning_rate"]) / float(cfgs[0].get("lr_scale", 1.0))
         return float(DEFAULTS.get(self.update_rule_name, {}).get("learning_rate", float("nan")))
 
     def set_learning_rate(self, lr: float) -> None:
         for cfg in self.optim_configs.values():
-            cfg["learning_rate"] = float(lr)
+            cfg["learning_rate"] = float(lr) * float(cfg.get("lr_scale", 1.0))
+
+    def progress(self) -> float:
+        """The fraction of training done, as the schedule measures it (its ``fraction``:
+        time or iterations), else by iterations."""
+        fraction = getattr(self.schedule, "fraction", None)
+        t = fraction(self) if callable(fraction) else self.iteration / max(self.num_iterations, 1)
+        return min(max(float(t), 0.0), 1.0)
+
+    def _lookahead(self, params: dict, configs: dict) -> None:
+        """Every ``lookahead_every`` steps (counted after this one), move the slow weights of each
+        trained parameter towards its new value and reset the parameter to them (in place in the
+        new ``params``/``configs`` of the step being committed)."""
+        k = self.lookahead_every
+        if not k or (self.iteration + 1) % k:
+            return
+        d = self.lookahead_decay ** k * self.progress() ** 3
+        for p, w in params.items():
+            slow = configs[p].get("lookahead")
+            slow = w if slow is None else (d * slow + (1.0 - d) * w).astype(w.dtype)
+            params[p] = slow
+            configs[p]["lookahead"] = slow.copy()
 
     def training_weights(self) -> tuple[dict, list]:
         """The (params, bn running stats) that training continues from."""
@@ -332,7 +373,12 @@ class Solver:
             idx = self.rng.choice(self.X_train.shape[0], self.batch_size)
             X_batch, y_batch = self.X_train[idx], self.y_train[idx]
             if self.augment is not None:
-                X_batch, y_batch = self.augment(X_batch, y_batch, self.rng)
+                if getattr(self.augment, "per_image", False):
+                    X_batch, y_batch = self.augment(X_batch, y_batch, self.rng, index=idx,
+                                                    epoch=self.iteration // self.iterations_per_epoch,
+                                                    seed=self.augment_seed)
+                else:
+                    X_batch, y_batch = self.augment(X_batch, y_batch, self.rng)
             loss, grads = self.model.loss(X_batch, y_batch)
             if not math.isfinite(loss):
                 raise NonFiniteLossError(loss, self.iteration, self.epoch)
@@ -341,6 +387,7 @@ class Solver:
             for p, w in self.model.params.items():
                 if p not in frozen:
                     new_params[p], new_configs[p] = self.update_rule(w, grads[p], dict(self.optim_configs[p]))
+            self._lookahead(new_params, new_configs)
         except BaseException:
             self.rng.bit_generator.state = rng_state
             _restore_bn(self.model.bn_params, bn_saved)
@@ -468,6 +515,8 @@ class Solver:
                 "last_step_time": self.last_step_time, "best_val_acc": self.best_val_acc,
                 "best_epoch": self.best_epoch, "stop_reason": self.stop_reason,
                 "rng_state": self.rng.bit_generator.state, "eval_rng_state": self.eval_rng.bit_generator.state,
+                "augment_seed": self.augment_seed, "lookahead_every": self.lookahead_every,
+                "lookahead_decay": self.lookahead_decay,
             },
         }
 
@@ -491,6 +540,10 @@ class Solver:
         self.stop_reason = s.get("stop_reason")
         self.rng.bit_generator.state = s["rng_state"]
         self.eval_rng.bit_generator.state = s["eval_rng_state"]
+        # absent from checkpoints written before these options: the values they trained with
+        self.augment_seed = int(s.get("augment_seed", self.augment_seed))
+        self.lookahead_every = _opt_int("lookahead_every", s.get("lookahead_every"), True)
+        self.lookahead_decay = float(s.get("lookahead_decay", 0.95))
         missing = set(self.model.params) ^ set(state["optim_configs"])
         if missing:
             raise ValueError(f"optimizer state does not match the model's parameters: {sorted(missing)}")
