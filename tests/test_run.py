@@ -135,3 +135,16 @@ def test_checkpoint_from_before_the_history_structure_loads_and_resumes(tmp_path
     result = execute(RunSpec.from_dict({"out": str(tmp_path / "old"), "resume": str(ck_path), "epochs": 2}))
     assert result.iterations == 4 and result.history["epoch"] == [1.0, 2.0]
     assert result.history["loss"][:2] == old.loss and result.history["val_acc"][:1] == old.val_acc
+
+
+def test_cli_choices_and_recipe_help_come_from_the_registries():
+    from numbaconv.optim import UPDATE_RULES
+    from numbaconv.recipe import RECIPES, describe_recipe
+    from numbaconv_cli.choices import Optimizer, Recipe
+    from numbaconv_cli.commands.train import RECIPE_HELP
+
+    assert [o.value for o in Optimizer] == list(UPDATE_RULES) and "sgd_nesterov" in UPDATE_RULES
+    assert [r.value for r in Recipe] == list(RECIPES)
+    assert describe_recipe("fast") in RECIPE_HELP
+    # the fast recipe mirrors images and does not shift them (RECIPES["fast"]["pad"] == 0)
+    assert "augmentation: flips" in RECIPE_HELP and "shift" not in RECIPE_HELP
