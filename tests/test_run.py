@@ -145,6 +145,6 @@ def test_cli_choices_and_recipe_help_come_from_the_registries():
 
     assert [o.value for o in Optimizer] == list(UPDATE_RULES) and "sgd_nesterov" in UPDATE_RULES
     assert [r.value for r in Recipe] == list(RECIPES)
-    assert describe_recipe("fast") in RECIPE_HELP
-    # the fast recipe mirrors images and does not shift them (RECIPES["fast"]["pad"] == 0)
-    assert "augmentation: flips" in RECIPE_HELP and "shift" not in RECIPE_HELP
+    assert all(describe_recipe(name) in RECIPE_HELP for name in RECIPES)
+    # the fast recipe mirrors images and does not shift them (its table entry has no padding)
+    assert "flips" in describe_recipe("fast") and "shift" not in describe_recipe("fast")
