@@ -26,9 +26,10 @@ FLIPS = (False, True, "alternate")
 def image_bits(seed: int, index) -> np.ndarray:
     """One pseudo-random bit per image index, fixed by ``seed`` (splitmix64's finaliser:
     no table over the dataset, the same bit for an image whenever it is drawn)."""
-    z = np.asarray(index, dtype=np.uint64) + np.uint64(seed) * np.uint64(0x9E3779B97F4A7C15)
-    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    with np.errstate(over="ignore"):   # arithmetic modulo 2**64, by design
+        z = np.asarray(index, dtype=np.uint64) + np.uint64(seed) * np.uint64(0x9E3779B97F4A7C15)
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
     return ((z ^ (z >> np.uint64(31))) & np.uint64(1)).astype(bool)
 
 

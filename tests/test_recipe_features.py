@@ -253,3 +253,207 @@ def test_augment_kernel_matches_a_numpy_gather():
     for n in range(9):
         want = Xp[n, :, oy[n]:oy[n] + 5, ox[n]:ox[n] + 6]
         np.testing.assert_array_equal(out[n], want[..., ::-1] if mirror[n] else want)
+
+
+# ---------------------------------------------------------------- issue #13's recipe pieces
+def test_dirac_init_makes_identity_filters_and_leaves_the_rest():
+    plain, dirac = _fastnet(stem=0, widths=[2, 4]), _fastnet(stem=0, widths=[2, 4], dirac=True)
+    for name in plain.params:
+        if not name.startswith("W") or name == f"W{len(plain.layers) + 1}":
+            np.testing.assert_array_equal(dirac.params[name], plain.params[name], err_msg=name)
+    W1, W2 = dirac.params["W1"], dirac.params["W2"]   # (2, 3): 2 identity filters; (4, 2): 2 of 4
+    for W in (W1, W2):
+        n = min(W.shape[:2])
+        ident = np.zeros((n, W.shape[1], 3, 3))
+        ident[np.arange(n), np.arange(n), 1, 1] = 1
+        np.testing.assert_array_equal(W[:n], ident)
+    np.testing.assert_array_equal(W2[2:], plain.params["W2"][2:])   # the other filters as drawn
+    x = np.random.default_rng(0).standard_normal((1, 3, 8, 8))
+    from numbaconv.reference import Conv   # an identity filter copies its channel
+    np.testing.assert_allclose(Conv.forward(x, W1, np.zeros(2), {"stride": 1, "pad": 1})[0], x[:, :2], atol=1e-15)
+
+
+def _tiny_solver(model, n=8, **kw):
+    rng = np.random.default_rng(0)
+    C, H, W = model.input_dims
+    data = {"X_train": rng.standard_normal((n, C, H, W)), "y_train": rng.integers(0, 10, n),
+            "X_val": rng.standard_normal((4, C, H, W)), "y_val": rng.integers(0, 10, 4)}
+    from numbaconv.solver import Solver
+
+    return Solver(model, data, batch_size=4, num_epochs=2, verbose=False, seed=0, **kw)
+
+
+def test_frozen_bn_scale_stays_one_and_bn_momentum_is_used():
+    model = _fastnet(input_dims=(3, 4, 4), stem=0, widths=[2], convs_per_group=1, freeze_bn_scale=True,
+                     bn_momentum=0.6)
+    assert "gamma1" in model.frozen and model.bn_params[0]["momentum"] == 0.6
+    solver = _tiny_solver(model, update_rule="sgd", optim_config={"learning_rate": 0.1})
+    beta0 = model.params["beta1"].copy()
+    X = solver.X_train[:4]
+    model.loss(X, solver.y_train[:4])
+    from numbaconv.reference import Conv
+    a = Conv.forward(X, model.params["W1"], model.params["b1"], {"stride": 1, "pad": 1})[0]
+    np.testing.assert_allclose(model.bn_params[0]["running_mean"], 0.4 * a.mean(axis=(0, 2, 3)), rtol=1e-12)
+    solver.train()
+    np.testing.assert_array_equal(model.params["gamma1"], np.ones(2))
+    assert not np.array_equal(model.params["beta1"], beta0)
+    assert build_model(model.config()).frozen == model.frozen
+
+
+@pytest.mark.parametrize("bad", [1.0, -0.1, "x", True])
+def test_bn_momentum_refuses_bad_values(bad):
+    with pytest.raises(ValueError, match="bn_momentum"):
+        _fastnet(bn_momentum=bad)
+
+
+def test_whitening_with_its_negation_and_gradients():
+    rng = np.random.default_rng(10)
+    X, y = rng.standard_normal((3, 3, 4, 4)), rng.integers(0, 10, 3)
+    model = _fastnet(input_dims=(3, 4, 4), stem=0, widths=[2], convs_per_group=2, whiten=3, whiten_neg=True,
+                     dirac=True, freeze_bn_scale=True, tta_shift=1)
+    model.fit_whitening(rng.standard_normal((20, 3, 4, 4)))
+    ww, wb = model.params["whiten_W"], model.params["whiten_b"]
+    assert ww.shape[0] == 6 == model.stem_channels and model.params["W1"].shape[1] == 6
+    np.testing.assert_array_equal(ww[3:], -ww[:3])
+    np.testing.assert_array_equal(wb[3:], -wb[:3])
+    _, grads = model.loss(X, y)
+    for name in ("W1", "W2", "beta1", "W3"):
+        num = eval_numerical_gradient(lambda _: model.loss(X, y)[0], model.params[name], verbose=False)
+        # relative 1e-6, but entries that are 0 up to the oracle's rounding (~1e-10) compared absolutely
+        np.testing.assert_allclose(grads[name], num, rtol=1e-6, atol=1e-8, err_msg=name)
+    cpu = build_model({**model.config(), "backend": "cpu"}, seed=0)
+    cpu.params = {k: v.copy() for k, v in model.params.items()}
+    np.testing.assert_allclose(cpu.loss(X, y)[0], model.loss(X, y)[0], rtol=1e-10)
+    for bc, br in zip(cpu.bn_params, model.bn_params):   # the same running statistics for test mode
+        bc.update(running_mean=br["running_mean"].copy(), running_var=br["running_var"].copy())
+    np.testing.assert_allclose(cpu.loss(X), model.loss(X), rtol=1e-9, atol=1e-12)
+    with pytest.raises(ValueError, match="whiten_neg"):
+        _fastnet(whiten_neg=True)
+
+
+def test_shift_images_pads_with_zeros():
+    from numbaconv.models import shift_images
+
+    X = np.arange(2 * 3 * 4 * 5, dtype=np.float64).reshape(2, 3, 4, 5)
+    for dy, dx in ((1, 1), (-2, -1), (0, 2), (1, -1)):
+        padded = np.pad(X, ((0, 0), (0, 0), (2, 2), (2, 2)))
+        want = padded[..., 2 - dy:2 - dy + 4, 2 - dx:2 - dx + 5]
+        np.testing.assert_array_equal(shift_images(X, dy, dx), want)
+
+
+def test_tta_shift_weights_the_views():
+    from numbaconv.models import shift_images
+
+    X = np.random.default_rng(11).standard_normal((3, 3, 8, 8))
+    for flip in (False, True):
+        plain = _fastnet(stem=0, tta_flip=flip)
+        tta = build_model({**plain.config(), "tta_shift": 2}, seed=0)
+        np.testing.assert_array_equal(tta.params["W1"], plain.params["W1"])
+        want = 0.5 * plain.loss(X) + 0.25 * plain.loss(shift_images(X, 2, 2)) + 0.25 * plain.loss(shift_images(X, -2, -2))
+        np.testing.assert_allclose(tta.loss(X), want, rtol=1e-12)
+    for bad in (3, -1, True, 1.5):
+        with pytest.raises(ValueError, match="tta_shift"):
+            _fastnet(tta_shift=bad)
+
+
+def test_new_options_default_off_and_round_trip_the_config():
+    old = {"kind": "fast", "input_dims": [3, 8, 8], "stem": 2, "widths": [3, 4], "whiten": 0, "whiten_stride": 1,
+           "convs_per_group": 2, "num_classes": 10, "smoothing": 0.2, "logit_scale": 0.5, "tta_flip": False,
+           "weight_scale": "kaiming", "reg": 0.0, "dtype": "float64", "backend": "reference"}   # as written before
+    model = build_model(old, seed=0)
+    ref = _fastnet()
+    for k in ref.params:
+        np.testing.assert_array_equal(model.params[k], ref.params[k])
+    assert model.frozen == () and model.bn_params[0]["momentum"] == 0.9
+    cfg = _fastnet(dirac=True, freeze_bn_scale=True, bn_momentum=0.6, tta_shift=1).config()
+    assert {k: cfg[k] for k in ("dirac", "freeze_bn_scale", "bn_momentum", "tta_shift")} == \
+        {"dirac": True, "freeze_bn_scale": True, "bn_momentum": 0.6, "tta_shift": 1}
+    assert build_model(cfg, seed=0).config() == cfg
+
+
+def test_param_groups_scale_learning_rates_by_name():
+    from numbaconv.recipe import apply_param_groups, param_group
+
+    assert [param_group(n) for n in ("W1", "beta2", "gamma3", "b1", "whiten_W")] == \
+        ["weights", "bn_bias", "bn_scale", "other", "other"]
+    solver = _tiny_solver(_fastnet(input_dims=(3, 4, 4), stem=0, widths=[2]), update_rule="sgd_nesterov",
+                          optim_config={"learning_rate": 0.1, "weight_decay": 1e-3})
+    apply_param_groups(solver, {"bn_bias": 64.0})
+    cfg = solver.optim_configs
+    assert cfg["beta1"]["learning_rate"] == pytest.approx(6.4) and cfg["W1"]["learning_rate"] == 0.1
+    assert cfg["W1"]["weight_decay"] == 1e-3 and cfg["beta1"]["weight_decay"] == 0.0 == cfg["b1"]["weight_decay"]
+    solver.set_learning_rate(0.01)
+    assert cfg["beta1"]["learning_rate"] == pytest.approx(0.64) and solver.learning_rate == pytest.approx(0.01)
+    model, w0 = solver.model, {k: v.copy() for k, v in solver.model.params.items()}
+    bn0 = [dict(bp) for bp in model.bn_params]
+    copy = np.random.Generator(np.random.PCG64())
+    copy.bit_generator.state = solver.rng.bit_generator.state
+    idx = copy.choice(8, 4)   # the minibatch the step will draw
+    _, g = model.loss(solver.X_train[idx], solver.y_train[idx])   # the gradient the step will take
+    for bp, b in zip(model.bn_params, bn0):
+        bp.update(b)
+    solver._step()   # one Nesterov step from zero velocity: w -= lr * (1 + momentum) * (g + wd * w)
+    np.testing.assert_allclose(w0["beta1"] - model.params["beta1"], 0.64 * 1.9 * g["beta1"], rtol=1e-10)
+    np.testing.assert_allclose(w0["W1"] - model.params["W1"], 0.01 * 1.9 * (g["W1"] + 1e-3 * w0["W1"]), rtol=1e-9)
+    with pytest.raises(ValueError, match="group"):
+        apply_param_groups(solver, {"biases": 2.0})
+    with pytest.raises(ValueError, match="bn_bias"):
+        apply_param_groups(solver, {"bn_bias": 0.0})
+
+
+class _Quadratic:
+    """loss = 0.5 * |w - 1|^2 whatever the batch: a model whose steps are known by hand."""
+    num_classes = 2
+
+    def __init__(self):
+        self.params, self.bn_params = {"W": np.zeros(3)}, []
+
+    def loss(self, X, y=None):
+        w = self.params["W"]
+        return 0.5 * float(np.sum((w - 1) ** 2)), {"W": w - 1}
+
+
+def test_lookahead_every_k_steps_by_hand():
+    rng = np.random.default_rng(12)
+    data = {"X_train": rng.standard_normal((8, 1, 2, 2)), "y_train": np.zeros(8, dtype=np.int64),
+            "X_val": rng.standard_normal((2, 1, 2, 2)), "y_val": np.zeros(2, dtype=np.int64)}
+    from numbaconv.solver import Solver
+
+    model = _Quadratic()
+    solver = Solver(model, data, update_rule="sgd", optim_config={"learning_rate": 0.5}, batch_size=2,
+                    num_epochs=2, verbose=False, lookahead_every=2, lookahead_decay=0.9)
+    for _ in range(8):
+        solver._step()
+    w, slow = np.zeros(3), None
+    for it in range(8):
+        w = w - 0.5 * (w - 1)
+        if (it + 1) % 2 == 0:
+            d = 0.9 ** 2 * (it / 8) ** 3   # progress: the steps committed before this one
+            slow = w.copy() if slow is None else d * slow + (1 - d) * w
+            w = slow.copy()
+    np.testing.assert_allclose(model.params["W"], w, rtol=1e-15)
+    np.testing.assert_allclose(solver.optim_configs["W"]["lookahead"], slow, rtol=1e-15)
+    assert solver.state_dict()["settings"]["lookahead_every"] == 2
+    for bad in ({"lookahead_every": 0}, {"lookahead_decay": 1.0}):
+        with pytest.raises(ValueError, match="lookahead"):
+            Solver(_Quadratic(), data, verbose=False, **bad)
+
+
+def test_alternating_flip_mirrors_each_image_on_every_other_epoch():
+    from numbaconv.recipe import image_bits
+
+    hook = augment_crop_flip(0, flip="alternate")
+    assert hook.per_image
+    X = np.random.default_rng(13).standard_normal((64, 1, 2, 3))
+    idx = np.arange(64)
+    out = [hook(X, idx, np.random.default_rng(0), index=idx, epoch=e, seed=5)[0] for e in range(3)]
+    flipped = [np.array([np.array_equal(o[n], X[n, ..., ::-1]) for n in range(64)]) for o in out]
+    for n in range(64):   # each image: exactly one of the two orientations
+        assert all(np.array_equal(o[n], X[n, ..., ::-1] if f[n] else X[n]) for o, f in zip(out, flipped))
+    np.testing.assert_array_equal(flipped[0], ~flipped[1])
+    np.testing.assert_array_equal(flipped[0], flipped[2])
+    np.testing.assert_array_equal(flipped[0], image_bits(5, idx))
+    assert 16 < flipped[0].sum() < 48                                     # about half start mirrored
+    assert not np.array_equal(image_bits(5, idx), image_bits(6, idx))   # the seed decides
+    with pytest.raises(ValueError, match="flip"):
+        augment_crop_flip(0, flip="sometimes")
