@@ -2,7 +2,9 @@
 when installed, PyTorch, on the same inputs in one run.
 
 Used by ``numbaconv bench`` and by ``benchmarks/bench_cpu.py`` (the op and shape
-tables live here, once). Any backend name works: for the cuda backend the inputs
+tables live here, once: ``OPS``, ``SHAPE_SETS``). ``run_step_benchmark`` times a whole
+training step against PyTorch; ``busy_processes`` runs competing busy processes beside
+any of it. Any backend name works: for the cuda backend the inputs
 are copied to the device once, ``nb.synchronize()`` is called after every timed
 call, and the cpu backend is timed beside it.
 
@@ -61,18 +63,34 @@ ASSIGNMENT_SHAPES = (
     Shape("conv", "assignment conv (100,3,31,31) 25x3x3 s2 p1", (100, 3, 31, 31), f=25, stride=2, pad=1),
     Shape("pool", "assignment pool (100,3,32,32) 2x2/2", (100, 3, 32, 32), k=2, stride=2, pad=0),
 )
-SHAPE_SETS = {"small": SMALL_SHAPES, "cifar": CIFAR_SHAPES, "assignment": ASSIGNMENT_SHAPES}
+# The long recipe's layers (N=256, 3x3, pad 1) and batch norm on their outputs: minutes on 2 cores,
+# so not part of "all".
+WIDE_SHAPES = (
+    Shape("conv", "conv 3x3 64->128 @ 32x32, N=256", (256, 64, 32, 32), f=128),
+    Shape("conv", "conv 3x3 128->128 @ 16x16, N=256", (256, 128, 16, 16), f=128),
+    Shape("conv", "conv 3x3 128->256 @ 8x8, N=256", (256, 128, 8, 8), f=256),
+    Shape("conv", "conv 3x3 256->256 @ 4x4, N=256", (256, 256, 4, 4), f=256),
+    Shape("bn", "spatial BN (256,128,32,32)", (256, 128, 32, 32)),
+    Shape("bn", "spatial BN (256,128,16,16)", (256, 128, 16, 16)),
+    Shape("bn", "spatial BN (256,256,8,8)", (256, 256, 8, 8)),
+    Shape("bn", "spatial BN (256,256,4,4)", (256, 256, 4, 4)),
+)
+SHAPE_SETS = {"small": SMALL_SHAPES, "cifar": CIFAR_SHAPES, "assignment": ASSIGNMENT_SHAPES, "wide": WIDE_SHAPES}
 
 # The reference runs one Python-level loop iteration per output element (conv: per
 # (n, f, i, j)); above this many it takes minutes, so it is left out, except on
 # the assignment's shapes.
 REFERENCE_MAX_ITERATIONS = 40_000
-REFERENCE_LIMITS = {"small": REFERENCE_MAX_ITERATIONS, "cifar": REFERENCE_MAX_ITERATIONS, "assignment": None}
+REFERENCE_LIMITS = {"small": REFERENCE_MAX_ITERATIONS, "cifar": REFERENCE_MAX_ITERATIONS, "assignment": None,
+                    "wide": REFERENCE_MAX_ITERATIONS}
 
 
-def machine_info() -> dict:
-    """Cores, CPU model, thread counts and library versions, for the table header."""
+def machine_info(busy: int = 0) -> dict:
+    """Cores, CPU model, thread counts and library versions, for the table header; ``busy``:
+    the competing busy processes running beside the measurement (``busy_processes``)."""
     import numba
+
+    from .cpu import _threads   # importing the cpu backend applies any thread candidates first
 
     cpu = platform.processor() or platform.machine()
     try:
@@ -94,6 +112,10 @@ def machine_info() -> dict:
         "blas": _blas_name(),
         # a shared machine: the load while the numbers were taken is part of the numbers
         "loadavg_1min": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
+        "busy_processes": busy,
+        # numbaconv.cpu._threads candidates chosen for this measurement (none: numba's defaults)
+        "thread_candidates": _threads.applied()["candidates"],
+        "thread_notes": _threads.applied()["notes"],
     }
     torch = _torch()
     if torch is not None:
@@ -159,23 +181,29 @@ def best_ms(fn: Callable[[], object], repeat: int, sync: Callable[[], None] | No
     return best * 1e3
 
 
-def interleaved_best_ms(fns: dict, repeat: int, syncs: dict | None = None) -> dict:
-    """Like best_ms for several callables, taking turns, so that a burst of load on a
-    shared machine hits all of them alike and the ratios stay fair."""
+def interleaved_times(fns: dict, repeat: int, syncs: dict | None = None) -> dict:
+    """Every callable once (warm-up, not timed), then ``repeat`` rounds taking turns, so that a
+    burst of load on a shared machine hits all of them alike and the ratios stay fair.
+    Returns each callable's ``repeat`` times in seconds."""
     syncs = syncs or {}
     for name, fn in fns.items():
         fn()
         if syncs.get(name):
             syncs[name]()
-    best = {name: float("inf") for name in fns}
+    times = {name: [] for name in fns}
     for _ in range(repeat):
         for name, fn in fns.items():
             t0 = time.perf_counter()
             fn()
             if syncs.get(name):
                 syncs[name]()
-            best[name] = min(best[name], time.perf_counter() - t0)
-    return {name: t * 1e3 for name, t in best.items()}
+            times[name].append(time.perf_counter() - t0)
+    return times
+
+
+def interleaved_best_ms(fns: dict, repeat: int, syncs: dict | None = None) -> dict:
+    """Like best_ms for several callables, taking turns (``interleaved_times``): the best, in ms."""
+    return {name: min(t) * 1e3 for name, t in interleaved_times(fns, repeat, syncs).items()}
 
 
 # --- ops ---------------------------------------------------------------------------
@@ -206,75 +234,140 @@ def conv_flops(shape: Shape) -> float:
     return 2.0 * N * shape.f * Ho * Wo * C * shape.k * shape.k
 
 
+# One row per op: which shape kinds it applies to, the numbaconv call, the PyTorch call (None: no
+# counterpart) and its FLOP count (None: not reported). A new op is one entry here.
+
+def _conv_param(shape: Shape) -> dict:
+    return {"stride": shape.stride, "pad": shape.pad}
+
+
+def _nb_conv_forward(nb, shape, a):
+    return lambda: nb.Conv.forward(a["x"], a["w"], a["b"], _conv_param(shape))
+
+
+def _nb_conv_forward_backward(nb, shape, a):
+    def run():
+        out, cache = nb.Conv.forward(a["x"], a["w"], a["b"], _conv_param(shape))
+        return nb.Conv.backward(a["dout"], cache)
+    return run
+
+
+def _nb_pool_forward_backward(nb, shape, a):
+    pp = {"pool_height": shape.k, "pool_width": shape.k, "stride": shape.stride}
+
+    def run():
+        out, cache = nb.MaxPool.forward(a["x"], pp)
+        return nb.MaxPool.backward(a["dout"], cache)
+    return run
+
+
+def _nb_bn_forward_backward(nb, shape, a):
+    def run():
+        out, cache = nb.SpatialBatchNorm.forward(a["x"], a["gamma"], a["beta"], {"mode": "train"})
+        return nb.SpatialBatchNorm.backward_alt(a["dout"], cache)
+    return run
+
+
+def _nb_bn_backward(method: str):
+    def make(nb, shape, a):
+        _, cache = nb.SpatialBatchNorm.forward(a["x"], a["gamma"], a["beta"], {"mode": "train"})
+        fn = getattr(nb.SpatialBatchNorm, method)
+        return lambda: fn(a["dout"], cache)
+    return make
+
+
+def _th_conv_forward(torch, shape, t):
+    F = torch.nn.functional
+
+    def run():
+        with torch.no_grad():
+            return F.conv2d(t["x"], t["w"], t["b"], shape.stride, shape.pad)
+    return run
+
+
+def _th_conv_forward_backward(torch, shape, t):
+    F = torch.nn.functional
+    x, w, b = (t[k].clone().requires_grad_() for k in ("x", "w", "b"))
+
+    def run():
+        F.conv2d(x, w, b, shape.stride, shape.pad).backward(t["dout"])
+        x.grad = w.grad = b.grad = None
+    return run
+
+
+def _th_pool_forward_backward(torch, shape, t):
+    x = t["x"].clone().requires_grad_()
+
+    def run():
+        torch.nn.functional.max_pool2d(x, shape.k, shape.stride).backward(t["dout"])
+        x.grad = None
+    return run
+
+
+def _th_bn_forward_backward(torch, shape, t):
+    x, g, b = (t[k].clone().requires_grad_() for k in ("x", "gamma", "beta"))
+    rm, rv = torch.zeros_like(g), torch.ones_like(g)
+
+    def run():
+        torch.nn.functional.batch_norm(x, rm, rv, g, b, training=True, momentum=0.1, eps=1e-5).backward(t["dout"])
+        x.grad = g.grad = b.grad = None
+    return run
+
+
+@dataclass(frozen=True)
+class Op:
+    """One benchmarked op: ``kinds`` of Shape it applies to; ``ours(nb, shape, a)`` and
+    ``torch(torch, shape, tensors)`` return a no-argument callable; ``flops(shape)`` counts one call;
+    ``bn_alt``: only with ``--bn``."""
+    name: str
+    kinds: tuple
+    ours: Callable
+    torch: Callable | None = None
+    flops: Callable | None = None
+    bn_alt: bool = False
+
+
+OPS = (
+    Op("conv forward", ("conv",), _nb_conv_forward, _th_conv_forward, lambda s: conv_flops(s)),
+    # backward computes dx and dw, each as many multiply-adds as the forward
+    Op("conv forward+backward", ("conv",), _nb_conv_forward_backward, _th_conv_forward_backward,
+       lambda s: 3 * conv_flops(s)),
+    Op("max pool forward+backward", ("pool",), _nb_pool_forward_backward, _th_pool_forward_backward),
+    Op("spatial BN forward+backward", ("bn",), _nb_bn_forward_backward, _th_bn_forward_backward),
+    Op("spatial BN backward (graph)", ("bn",), _nb_bn_backward("backward"), bn_alt=True),
+    Op("spatial BN backward_alt (closed form)", ("bn",), _nb_bn_backward("backward_alt"), bn_alt=True),
+)
+OPS_BY_NAME = {op.name: op for op in OPS}
+
+
+def _op(name: str) -> Op:
+    if name not in OPS_BY_NAME:
+        raise ValueError(f"unknown op {name!r}; choose one of {', '.join(OPS_BY_NAME)}")
+    return OPS_BY_NAME[name]
+
+
 def ops_for(shape: Shape, bn_alt: bool = False) -> list[str]:
     """The op rows benchmarked for a shape."""
-    if shape.kind == "conv":
-        return ["conv forward", "conv forward+backward"]
-    if shape.kind == "pool":
-        return ["max pool forward+backward"]
-    rows = ["spatial BN forward+backward"]
-    if bn_alt:
-        rows += ["spatial BN backward (graph)", "spatial BN backward_alt (closed form)"]
-    return rows
+    return [op.name for op in OPS if shape.kind in op.kinds and (bn_alt or not op.bn_alt)]
 
 
 def numbaconv_op(nb, op: str, shape: Shape, a: dict) -> Callable[[], object]:
     """A no-argument callable running ``op`` of backend ``nb`` on inputs ``a``."""
-    cp = {"stride": shape.stride, "pad": shape.pad}
-    pp = {"pool_height": shape.k, "pool_width": shape.k, "stride": shape.stride}
-    if op == "conv forward":
-        return lambda: nb.Conv.forward(a["x"], a["w"], a["b"], cp)
-    if op == "conv forward+backward":
-        def run():
-            out, cache = nb.Conv.forward(a["x"], a["w"], a["b"], cp)
-            return nb.Conv.backward(a["dout"], cache)
-        return run
-    if op == "max pool forward+backward":
-        def run():
-            out, cache = nb.MaxPool.forward(a["x"], pp)
-            return nb.MaxPool.backward(a["dout"], cache)
-        return run
-    if op == "spatial BN forward+backward":
-        def run():
-            out, cache = nb.SpatialBatchNorm.forward(a["x"], a["gamma"], a["beta"], {"mode": "train"})
-            return nb.SpatialBatchNorm.backward_alt(a["dout"], cache)
-        return run
-    if op.startswith("spatial BN backward"):
-        _, cache = nb.SpatialBatchNorm.forward(a["x"], a["gamma"], a["beta"], {"mode": "train"})
-        method = nb.SpatialBatchNorm.backward_alt if "alt" in op else nb.SpatialBatchNorm.backward
-        return lambda: method(a["dout"], cache)
-    raise ValueError(f"unknown op {op!r}")
+    return _op(op).ours(nb, shape, a)
 
 
 def torch_op(torch, op: str, shape: Shape, a: dict, device: str = "cpu") -> Callable[[], object] | None:
     """The same op in PyTorch (autograd for the backward), or None where it has no counterpart."""
-    F = torch.nn.functional
-    t = {k: torch.from_numpy(v).to(device) for k, v in a.items()}
-    if op == "conv forward":
-        def run():
-            with torch.no_grad():
-                return F.conv2d(t["x"], t["w"], t["b"], shape.stride, shape.pad)
-        return run
-    if op == "conv forward+backward":
-        x, w, b = (t[k].clone().requires_grad_() for k in ("x", "w", "b"))
-        def run():
-            F.conv2d(x, w, b, shape.stride, shape.pad).backward(t["dout"])
-            x.grad = w.grad = b.grad = None
-        return run
-    if op == "max pool forward+backward":
-        x = t["x"].clone().requires_grad_()
-        def run():
-            F.max_pool2d(x, shape.k, shape.stride).backward(t["dout"])
-            x.grad = None
-        return run
-    if op == "spatial BN forward+backward":
-        x, g, b = (t[k].clone().requires_grad_() for k in ("x", "gamma", "beta"))
-        rm, rv = torch.zeros_like(g), torch.ones_like(g)
-        def run():
-            F.batch_norm(x, rm, rv, g, b, training=True, momentum=0.1, eps=1e-5).backward(t["dout"])
-            x.grad = g.grad = b.grad = None
-        return run
-    return None
+    make = _op(op).torch
+    if make is None:
+        return None
+    return make(torch, shape, {k: torch.from_numpy(v).to(device) for k, v in a.items()})
+
+
+def op_flops(op: str, shape: Shape) -> float | None:
+    """FLOPs of one call of ``op`` on ``shape`` (None where the table gives no count)."""
+    f = _op(op).flops
+    return f(shape) if f else None
 
 
 def _reference_cost(shape: Shape) -> int:
@@ -348,14 +441,105 @@ def run_benchmarks(backend: str, dtype: str, shapes=CIFAR_SHAPES, repeat: int = 
                 row["speedup"] = row["reference_ms"] / row["ms"]
             else:
                 row["reference_ms"] = row["speedup"] = None
-            flops = None
-            if op == "conv forward":
-                flops = conv_flops(shape)
-            elif op == "conv forward+backward":
-                flops = 3 * conv_flops(shape)
+            flops = op_flops(op, shape)
             row["gflops"] = flops / row["ms"] / 1e6 if flops else None
             row["torch_ratio"] = row["ms"] / row["torch_ms"] if row["torch_ms"] else None
             if cpu is not None:
                 row["speedup_vs_cpu"] = row["cpu_ms"] / row["ms"]
             rows.append(row)
     return rows
+
+
+# --- a whole training step ---------------------------------------------------------------------
+
+def step_data(n: int = 1024, input_dims=(3, 32, 32), num_classes: int = 10, seed: int = 0) -> dict:
+    """Random CIFAR-shaped splits (float32, zero-mean pixels) for timing steps: the time of a step
+    does not depend on the values, and no dataset has to be on disk."""
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((n,) + tuple(input_dims)).astype(np.float32) * 0.25
+    y = rng.integers(0, num_classes, n)
+    y[:num_classes] = np.arange(num_classes)   # every class present: both sides count the same classes
+    return {"X_train": X, "y_train": y, "X_val": X[:num_classes], "y_val": y[:num_classes]}
+
+
+def run_step_benchmark(recipe: str = "fast", repeat: int = 5, torch: bool = True, seed: int = 0,
+                       data: dict | None = None) -> dict:
+    """One training step (minibatch gather, augmentation, forward, backward, update) of ``recipe``
+    with the cpu backend against the same network in PyTorch (numbaconv.torch_recipe), in turns
+    (ours, theirs, ours, ...) after one warm-up step each, on Numba's thread count.
+
+    Keys: op, recipe, batch, ms and median_ms (ours), images_per_s, torch_ms, torch_median_ms,
+    torch_images_per_s, torch_ratio (ours/PyTorch time: below 1 is faster), images_per_s_ratio
+    (ours/PyTorch images/s, the figure of issue #12's target). Missing values are None."""
+    import numba
+
+    from .recipe import recipe_solver
+
+    data = step_data(seed=seed) if data is None else data
+    model, solver = recipe_solver(recipe, data, None, seed=seed, verbose=False)
+    solver.warmup()
+    fns = {"ms": solver._step}
+    th = _torch() if torch else None
+    if th is not None:
+        from .torch_recipe import TorchRecipe
+
+        theirs = TorchRecipe(recipe, data, seed=seed)
+        theirs.warmup()
+        fns["torch_ms"] = theirs.step
+    if th is not None:
+        with _torch_threads(th, numba.get_num_threads()):
+            times = interleaved_times(fns, repeat)
+    else:
+        times = interleaved_times(fns, repeat)
+    B = solver.batch_size
+    row = {"op": "training step", "shape": f"{recipe} recipe, batch {B}", "recipe": recipe, "batch": B,
+           "dtype": "float32", "backend": "cpu"}
+    for key in ("ms", "torch_ms"):
+        t = times.get(key)
+        row[key] = min(t) * 1e3 if t else None
+        row[key.replace("ms", "median_ms")] = float(np.median(t)) * 1e3 if t else None
+    row["images_per_s"] = B / row["ms"] * 1e3
+    row["torch_images_per_s"] = B / row["torch_ms"] * 1e3 if row["torch_ms"] else None
+    row["torch_ratio"] = row["ms"] / row["torch_ms"] if row["torch_ms"] else None
+    row["images_per_s_ratio"] = 1 / row["torch_ratio"] if row["torch_ratio"] else None
+    return row
+
+
+# --- a busy machine ----------------------------------------------------------------------------
+
+# The competing load of issue #12: a Python loop that never yields. It asks the kernel to kill it
+# when its parent dies (Linux prctl PR_SET_PDEATHSIG = 1, SIGKILL = 9), so a benchmark killed
+# without its finally clause leaves nothing spinning; then it checks the parent is still there.
+BUSY_CODE = """\
+import ctypes, os, sys
+try:
+    ctypes.CDLL(None).prctl(1, 9)
+except Exception:
+    pass
+if os.getppid() != int(sys.argv[1]):
+    sys.exit(0)
+while True:
+    pass
+"""
+
+
+@contextmanager
+def busy_processes(n: int):
+    """Run ``n`` processes that each keep one core busy for the duration of the block; they are
+    killed on the way out, also on Ctrl-C or an error. Yields their PIDs."""
+    import subprocess
+    import sys
+
+    if n < 0:
+        raise ValueError(f"busy must be a number of processes >= 0, got {n}")
+    procs = []
+    try:
+        for _ in range(n):
+            procs.append(subprocess.Popen([sys.executable, "-c", BUSY_CODE, str(os.getpid())],
+                                          stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL))
+        yield [p.pid for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+        for p in procs:
+            p.wait()

@@ -8,7 +8,7 @@ import typer
 from rich.table import Table
 
 from ..choices import DType
-from ..console import console, err_console
+from ..console import console, err_console, fail
 from ..tables import title_line
 
 NO_GPU_LINE = ("no CUDA GPU found; the cuda kernels can be checked for correctness under the simulator: "
@@ -24,7 +24,13 @@ class Shapes(str, Enum):
     small = "small"
     cifar = "cifar"
     assignment = "assignment"
+    wide = "wide"
     all = "all"
+
+
+class BenchOp(str, Enum):
+    layers = "layers"
+    step = "step"
 
 
 def _cuda_available() -> bool:
@@ -40,9 +46,16 @@ def _fmt(v, spec: str, suffix: str = "") -> str:
 
 
 def _header(device: str, dtype: str, info: dict, title: str) -> str:
+    extra = ""
+    if info.get("busy_processes"):
+        extra += f", beside {info['busy_processes']} busy process(es)"
+    if info.get("thread_candidates"):
+        extra += f", thread candidates {'+'.join(info['thread_candidates'])}"
+    extra += "".join(f" ({note})" for note in info.get("thread_notes") or ())
     return (f"{title} — {device} {dtype} | {info['cpu']}, {info['cores']} cores, numba {info['numba']} "
             f"({info['numba_threads']} threads, {info['threading_layer']}), numpy {info['numpy']}, "
-            f"BLAS {info['blas']}, torch {info.get('torch', 'not installed')}, load {info.get('loadavg_1min')}")
+            f"BLAS {info['blas']}, torch {info.get('torch', 'not installed')}, load {info.get('loadavg_1min')}"
+            f"{extra}")
 
 
 def _short_op(op: str) -> str:
@@ -58,8 +71,10 @@ def _tables(rows, device: str, width: int = 80):
     cols = [("ms", f"{device} ms", ".2f", "")]
     if device == "cuda":
         cols += [("cpu_ms", "cpu ms", ".2f", ""), ("speedup_vs_cpu", "vs cpu", ".1f", "x")]
-    cols += [("reference_ms", "ref ms", ".1f", ""), ("speedup", "vs ref", ",.0f", "x"), ("gflops", "GFLOP/s", ".1f", ""),
-             ("torch_ms", "torch ms", ".2f", ""), ("torch_ratio", "vs torch", ".2f", "x")]
+    cols += [("median_ms", "median ms", ".2f", ""), ("images_per_s", "img/s", ",.0f", ""),
+             ("reference_ms", "ref ms", ".1f", ""), ("speedup", "vs ref", ",.0f", "x"), ("gflops", "GFLOP/s", ".1f", ""),
+             ("torch_ms", "torch ms", ".2f", ""), ("torch_images_per_s", "torch img/s", ",.0f", ""),
+             ("torch_ratio", "vs torch", ".2f", "x")]
     tables = []
     for label in dict.fromkeys(r["shape"] for r in rows):
         group = [r for r in rows if r["shape"] == label]
@@ -97,7 +112,14 @@ def bench(
     dtype: DType = typer.Option(DType.float32, help="Floating-point type of every input."),
     shapes: Shapes = typer.Option(Shapes.all, help="small: shapes the reference finishes on (speedups); "
                                   "cifar: N=128 CIFAR-10 layer shapes; assignment: the assignment's own "
-                                  "timing shapes, the reference timed once on each (~10-30 s); all: all three."),
+                                  "timing shapes, the reference timed once on each (~10-30 s); wide: the long "
+                                  "recipe's layers at N=256 (conv and batch norm; minutes on 2 cores); "
+                                  "all: small, cifar and assignment."),
+    op: BenchOp = typer.Option(BenchOp.layers, "--op", help="layers: the layer ops on --shapes; step: one whole "
+                               "training step of --recipe (cpu, float32), ours and PyTorch's in turns."),
+    recipe: str = typer.Option("fast", help="Recipe whose training step --op step times (numbaconv.recipe)."),
+    busy: int = typer.Option(0, min=0, help="Run N competing busy processes (one core each) while timing; "
+                             "they are killed afterwards, also on Ctrl-C."),
     repeat: int = typer.Option(5, min=1, help="Timed calls per op (the best is reported), after one warm-up."),
     bn: bool = typer.Option(False, "--bn", help="Also time batch norm backward (graph) against backward_alt "
                             "(closed form), for the reference and this backend."),
@@ -106,13 +128,34 @@ def bench(
 ) -> None:
     """Time conv, max pool and spatial batch norm (forward and backward) of a backend:
     its ms, the reference's ms where it finishes in reasonable time, the speedup,
-    GFLOP/s for conv, and PyTorch's ms and the ratio when PyTorch is installed.
+    GFLOP/s for conv, and PyTorch's ms and the ratio when PyTorch is installed;
+    or (--op step) one training step of a recipe: ms (best and median) and images/s, ours and PyTorch's.
     All numbers in a table come from one run, on the thread count Numba uses
     ("vs ref": the reference's time over this backend's; "vs torch": this backend's over PyTorch's)."""
     if device is Device.cuda and not _cuda_available():
         err_console.print(NO_GPU_LINE, highlight=False)
         raise typer.Exit(2)
-    from numbaconv.bench import REFERENCE_LIMITS, SHAPE_SETS, machine_info, run_benchmarks
+    from numbaconv.bench import REFERENCE_LIMITS, SHAPE_SETS, busy_processes, machine_info, run_benchmarks
+    from numbaconv.recipe import RECIPES
+
+    if op is BenchOp.step:
+        if device is not Device.cpu or dtype is not DType.float32:
+            raise fail("--op step times the cpu backend in float32 (the recipe's dtype); "
+                 "leave out --device/--dtype", code=2)
+        if recipe not in RECIPES:
+            raise fail(f"unknown --recipe {recipe!r}; choose one of {', '.join(RECIPES)}", code=2)
+        with busy_processes(busy):
+            with console.status(f"timing a {recipe} training step, numbaconv and PyTorch in turns..."):
+                from numbaconv.bench import run_step_benchmark
+
+                row = run_step_benchmark(recipe, repeat=repeat, torch=not no_torch)
+            info = machine_info(busy)
+        title_line(console, _header("cpu", "float32", info, "training step"))
+        for table in _tables([row], "cpu", console.width):
+            console.print(table)
+        if json_file is not None:
+            _write_json(json_file, {"machine": info, "rows": [{**row, "shape_set": "step"}]})
+        return
 
     if device is Device.cuda:
         import numba
@@ -122,17 +165,30 @@ def bench(
 
     sets = ["small", "cifar", "assignment"] if shapes is Shapes.all else [shapes.value]
     all_rows = []
-    for name in sets:
-        with console.status(f"timing {device.value} {dtype.value} on {name} shapes..."):
-            rows = run_benchmarks(device.value, dtype.value, SHAPE_SETS[name], repeat=repeat,
-                                  torch=not no_torch, bn_alt=bn, reference_max_iterations=REFERENCE_LIMITS[name])
-        title_line(console, _header(device.value, dtype.value, machine_info(), f"{name} shapes"))
-        for table in _tables(rows, device.value, console.width):
-            console.print(table)
-        all_rows += [{**r, "shape_set": name} for r in rows]
+    with busy_processes(busy):
+        for name in sets:
+            with console.status(f"timing {device.value} {dtype.value} on {name} shapes..."):
+                rows = run_benchmarks(device.value, dtype.value, SHAPE_SETS[name], repeat=repeat,
+                                      torch=not no_torch, bn_alt=bn, reference_max_iterations=REFERENCE_LIMITS[name])
+            title_line(console, _header(device.value, dtype.value, machine_info(busy), f"{name} shapes"))
+            for table in _tables(rows, device.value, console.width):
+                console.print(table)
+            all_rows += [{**r, "shape_set": name} for r in rows]
+        info = machine_info(busy)
     if json_file is not None:
-        json_file.write_text(json.dumps({"machine": machine_info(), "rows": all_rows}, indent=2))
-        console.print(f"wrote {json_file}")
+        _write_json(json_file, {"machine": info, "rows": all_rows})
+
+
+def _write_json(path: Path, data: dict) -> None:
+    """Written whole or not at all (a temporary beside it, then renamed)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        tmp.write_text(json.dumps(data, indent=2))
+        tmp.replace(path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise fail(f"cannot write --json {path}: {e.strerror or e}")
+    console.print(f"wrote {path}")
 
 
 def register(app: typer.Typer) -> None:
