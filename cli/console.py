@@ -9,5 +9,7 @@ def fail(message: str, code: int = 1) -> "typer.Exit":
     """Print one clear error line and return the Exit to raise."""
     import typer
 
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False)
+    # soft_wrap: the message stays one line (a terminal wraps it visually; a log or a pipe
+    # gets it whole), however narrow the console rich detects.
+    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
     return typer.Exit(code)
