@@ -241,6 +241,9 @@ def _starting_records(runs: list[SweepRun], out: Path, resume: bool, replace: bo
         if (out / RESULTS).exists() and not replace:
             raise ValueError(f"{out} already holds a sweep ({out / RESULTS}); pass --resume to finish it, "
                              f"or choose another --out")
+        if not (out / RESULTS).exists() and any(run_folders := list((out / "runs").glob("*"))):
+            raise ValueError(f"{out / 'runs'} already holds {run_folders[0].name} but {out} has no {RESULTS}: "
+                             f"it is not a sweep's; choose another --out")
         return [_record(r) for r in runs]
     old = {r.get("name"): r for r in read_results(out)["runs"]}
     if set(old) != {r.name for r in runs}:
@@ -358,8 +361,9 @@ def run_sweep(runs: list[SweepRun], out, *, workers: int | None = None, threads:
     with exclusive_lock(out, f"sweep folder {out}"):
         records = _starting_records(runs, out, resume, replace)
         write_results(out, records, meta)
-        # A rerun starts afresh in its folder (force: an interrupted try may have left files there).
-        todo = [(i, SweepRun(run.name, run.params, dict(run.spec, force=True)) if resume or replace else run)
+        # force: a run (re)starts afresh in its folder, which a killed or interrupted try may have
+        # written; the folders under DIR/runs are the sweep's own (_starting_records checks).
+        todo = [(i, SweepRun(run.name, run.params, dict(run.spec, force=True)))
                 for i, (run, rec) in enumerate(zip(runs, records)) if rec["status"] != "done"]
         progress = _Progress(records, on_update, 0 if inline else None)
         progress()
