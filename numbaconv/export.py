@@ -5,14 +5,15 @@ float32 (``input_type="float32"``, for runtimes that feed floats), shape (N, 3, 
 Its first nodes do the checkpoint's preprocessing (Cast to float32, Div 255, Sub the training
 mean, Div the std when training divided by it), then the network in standard operators (Conv,
 BatchNormalization in inference mode, Relu, MaxPool, Flatten, Gemm, GlobalMaxPool, Mul, Slice
-with step -1 for FastNet's mirror averaging), and a Softmax: output ``probabilities`` float32
+with step -1 for FastNet's mirror averaging, Pad and Slice for its shifted test-time views), and a Softmax: output ``probabilities`` float32
 (N, num_classes). Weights are stored as float32 (a float64 model is exported in float32).
 ``metadata_props`` hold ``class_names`` (JSON list), ``model_config`` and ``data_info`` (JSON),
 ``input`` (a sentence on what the input is) and ``producer`` numbaconv.
 
 A model kind is one function in ``EXPORTERS``: ``(model, graph, x) -> scores`` that appends its
 nodes to ``graph`` (a ``Graph``) from the preprocessed tensor ``x`` and returns the name of the
-(N, num_classes) scores. The "long" recipe, when it exists, needs only its entry here.
+(N, num_classes) scores. The "long" recipe's FastNet options are in ``_fast``: the whitening
+stem with its negation (a Relu after the stem), and shifted test-time views.
 """
 from __future__ import annotations
 
@@ -105,15 +106,17 @@ def _deep(model, g: Graph, x: str) -> str:
 
 
 def _fast(model, g: Graph, x: str) -> str:
-    """FastNet: [whitening conv] - {conv-BN-ReLU[-pool]} - global max pool - linear - x logit_scale;
-    with tta_flip the same layers (shared weights) also run on the mirrored images and the scores
-    are averaged, as ``FastNet.loss`` does at evaluation."""
+    """FastNet: [whitening conv [- Relu with whiten_neg]] - {conv-BN-ReLU[-pool]} - global max pool -
+    linear - x logit_scale; with tta_flip the same layers (shared weights) also run on the mirrored
+    images and the scores are averaged, and with tta_shift on the images shifted by +-s pixels
+    (zero padding), weighted 0.5, 0.25, 0.25, as ``FastNet.loss`` does at evaluation. Dirac init
+    and a frozen BN scale change only the weights' values."""
     p = model.params
     names = {}   # weights once, shared by both branches
 
-    def const(key, value):
+    def const(key, value, dtype=np.float32):
         if key not in names:
-            names[key] = g.const(key, value)
+            names[key] = g.const(key, value, dtype)
         return names[key]
 
     def branch(h, tag):
@@ -122,6 +125,8 @@ def _fast(model, g: Graph, x: str) -> str:
             h = g.op("Conv", [h, const("whiten_W", p["whiten_W"]), const("whiten_b", p["whiten_b"])],
                      f"{tag}whiten", kernel_shape=list(p["whiten_W"].shape[2:]),
                      strides=[wp["stride"]] * 2, pads=[wp["pad"]] * 4)
+            if getattr(model, "whiten_neg", False):
+                h = g.op("Relu", [h], f"{tag}whiten_relu")
         for i, (_, pool) in enumerate(model.layers, start=1):
             bp = model.bn_params[i - 1]
             h = g.op("Conv", [h, const(f"W{i}", p[f"W{i}"]), const(f"b{i}", p[f"b{i}"])], f"{tag}l{i}_conv",
@@ -138,14 +143,35 @@ def _fast(model, g: Graph, x: str) -> str:
         s = g.op("Gemm", [h, const(f"W{last}", p[f"W{last}"]), const(f"b{last}", p[f"b{last}"])], f"{tag}gemm")
         return g.op("Mul", [s, const("logit_scale", np.float32(model.logit_scale))], f"{tag}scores")
 
-    scores = branch(x, "")
-    if model.tta_flip:
-        axis = g.const("axis_w", [3], np.int64)
-        mirrored = g.op("Slice", [x, g.const("start_last", [-1], np.int64),
-                                  g.const("end_before_first", [np.iinfo(np.int64).min], np.int64), axis,
-                                  g.const("step_back", [-1], np.int64)], "mirror")
-        both = g.op("Add", [scores, branch(mirrored, "mirror_")], "scores_sum")
-        scores = g.op("Mul", [both, g.const("half", np.float32(0.5))], "scores_mean")
+    def view(h, tag):   # the scores of one view, mirror-averaged with tta_flip
+        scores = branch(h, tag)
+        if model.tta_flip:
+            mirrored = g.op("Slice", [h, const("start_last", [-1], np.int64),
+                                      const("end_before_first", [np.iinfo(np.int64).min], np.int64),
+                                      const("axis_w", [3], np.int64), const("step_back", [-1], np.int64)],
+                            f"{tag}mirror")
+            both = g.op("Add", [scores, branch(mirrored, f"{tag}mirror_")], f"{tag}scores_sum")
+            scores = g.op("Mul", [both, const("half", np.float32(0.5))], f"{tag}scores_mean")
+        return scores
+
+    scores = view(x, "")
+    s = getattr(model, "tta_shift", 0)
+    if s:
+        _, H, W = model.input_dims
+        views = [g.op("Mul", [scores, g.const("weight_image", np.float32(0.5))], "weighted_image")]
+        for sign, tag in ((1, "shift_down_"), (-1, "shift_up_")):
+            # shift by (s, s) rows/columns: zero rows/columns in front and a crop back to H x W (or
+            # the reverse for -s), as numbaconv.models.shift_images
+            before, after = (s, 0) if sign > 0 else (0, s)
+            padded = g.op("Pad", [x, g.const(f"{tag}pads", [0, 0, before, before, 0, 0, after, after], np.int64)],
+                          f"{tag}pad")
+            start = after
+            shifted = g.op("Slice", [padded, g.const(f"{tag}starts", [start, start], np.int64),
+                                     g.const(f"{tag}ends", [start + H, start + W], np.int64),
+                                     g.const(f"{tag}axes", [2, 3], np.int64)], f"{tag}crop")
+            views.append(g.op("Mul", [view(shifted, tag), g.const(f"{tag}weight", np.float32(0.25))],
+                              f"{tag}weighted"))
+        scores = g.op("Sum", views, "scores_views")
     return scores
 
 

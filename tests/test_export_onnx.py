@@ -24,6 +24,9 @@ KINDS = {
     "deep-bn": {"kind": "deep", "num_filters": [4, 8, 8], "max_pools": [0, 2], "batchnorm": True,
                 "weight_scale": "kaiming"},
     "fast-recipe": recipe_model_config("fast", (3, 32, 32), 10),
+    # the long recipe's model (whitening with its negation, dirac init, frozen BN scale, BN momentum,
+    # flip and shift test-time views), narrower so 100 images x 6 views stay quick
+    "long-recipe": {**recipe_model_config("long", (3, 32, 32), 10), "widths": [8, 16, 16]},
 }
 
 
@@ -111,3 +114,11 @@ def test_export_cli_writes_and_refuses_bad_input(tmp_path):
         assert r.exit_code == 2 and "Traceback" not in r.output, r.output
         assert r.output.startswith("error:") and words in r.output
     assert sorted(p.name for p in tmp_path.iterdir()) == ["deep.h5", "file", "m.onnx", "text.h5"]  # nothing half-written
+
+
+def test_long_recipe_graph_has_its_pieces(tmp_path):
+    proto = onnx.load(str(export_onnx(_checkpoint(tmp_path, "long-recipe"), tmp_path / "m.onnx")))
+    names = [n.name for n in proto.graph.node]
+    ops = [n.op_type for n in proto.graph.node]
+    assert ops.count("Pad") == 2 and "whiten_relu" in names and "scores_views" in names
+    assert ops.count("Gemm") == 6   # 3 views, each with its mirror
