@@ -5,7 +5,8 @@
 
 Each op, shape and dtype is one benchmark group, so the table puts the
 implementations side by side: reference vs cpu on small shapes, cpu vs PyTorch
-CPU (when installed, on Numba's thread count) on CIFAR-scale shapes (N=128).
+CPU (when installed, on Numba's thread count) on CIFAR-scale shapes (N=128) and on the long
+recipe's wide shapes (N=256; ``-k wide``, minutes on 2 cores).
 The ops, shapes and inputs are those of ``numbaconv.bench`` (the CLI's tables).
 """
 import numba
@@ -13,8 +14,8 @@ import numpy as np
 import pytest
 
 from numbaconv import get_backend
-from numbaconv.bench import (CIFAR_SHAPES, REFERENCE_MAX_ITERATIONS, SMALL_SHAPES, _inputs, _reference_cost,
-                             numbaconv_op, ops_for, torch_op)
+from numbaconv.bench import (CIFAR_SHAPES, REFERENCE_MAX_ITERATIONS, SMALL_SHAPES, WIDE_SHAPES, _inputs,
+                             _reference_cost, numbaconv_op, ops_for, torch_op)
 
 try:
     import torch
@@ -26,7 +27,8 @@ DTYPES = ["float32", "float64"]
 
 def _cases():
     for set_name, shapes, impls in (("small", SMALL_SHAPES, ("reference", "cpu", "torch")),
-                                    ("cifar", CIFAR_SHAPES, ("cpu", "torch"))):
+                                    ("cifar", CIFAR_SHAPES, ("cpu", "torch")),
+                                    ("wide", WIDE_SHAPES, ("cpu", "torch"))):
         for shape in shapes:
             for op in ops_for(shape):
                 for impl in impls:

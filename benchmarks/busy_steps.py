@@ -27,7 +27,8 @@ import sys
 import tempfile
 
 
-def measure(dataset: str, recipe: str | None, seconds: float, busy: int, rounds: int, seed: int = 0) -> dict:
+def measure(dataset: str, recipe: str | None, seconds: float, busy: int, rounds: int, seed: int = 0,
+            num_train: int | None = None, num_val: int = 1000) -> dict:
     """The four step counts (each the median over ``rounds``) and the two ratios, in this process."""
     import numpy as np
 
@@ -36,9 +37,11 @@ def measure(dataset: str, recipe: str | None, seconds: float, busy: int, rounds:
     from numbaconv.run import RunSpec, make_plan, numba_threads
 
     if recipe:
-        spec = RunSpec(out="unused", dataset=dataset, recipe=recipe, time_budget=seconds, seed=seed)
+        spec = RunSpec(out="unused", dataset=dataset, recipe=recipe, time_budget=seconds, seed=seed,
+                       num_train=num_train, num_val=num_val)
     else:
-        spec = RunSpec(out="unused", dataset=dataset, batchnorm=True, time_budget=seconds, seed=seed)
+        spec = RunSpec(out="unused", dataset=dataset, batchnorm=True, time_budget=seconds, seed=seed,
+                       num_train=num_train, num_val=num_val)
 
     def steps(threads):
         plan = make_plan(spec)         # a fresh model and Solver: every figure starts alike
@@ -83,6 +86,9 @@ def main(argv=None) -> int:
     ap.add_argument("--recipe", default=None, help="a recipe (e.g. fast); default: the deep net with batch norm")
     ap.add_argument("--seconds", type=float, default=12.0, help="seconds of training steps per figure")
     ap.add_argument("--busy", type=int, default=1, help="competing busy processes for the busy figures")
+    ap.add_argument("--num-train", type=int, default=None, help="training images (default: the dataset's)")
+    ap.add_argument("--num-val", type=int, default=1000, help="validation images (checked at epoch ends, "
+                    "outside the counted time)")
     ap.add_argument("--rounds", type=int, default=1, help="rounds of the four figures (medians reported)")
     ap.add_argument("--candidates", nargs="+", default=None,
                     help="thread candidates to compare, each comma-separated or 'none' (numbaconv.cpu._threads)")
@@ -103,7 +109,8 @@ def main(argv=None) -> int:
             ap.error(str(e))
     results = []
     if len(specs) == 1:
-        results.append(measure(a.dataset, a.recipe, a.seconds, a.busy, a.rounds))
+        results.append(measure(a.dataset, a.recipe, a.seconds, a.busy, a.rounds, num_train=a.num_train,
+                               num_val=a.num_val))
         report(results[-1])
     else:
         with tempfile.TemporaryDirectory() as tmp:
@@ -113,6 +120,8 @@ def main(argv=None) -> int:
                 args = [sys.executable, __file__, "--dataset", a.dataset, "--seconds", str(a.seconds),
                         "--busy", str(a.busy), "--rounds", str(a.rounds), "--json", out]
                 args += ["--recipe", a.recipe] if a.recipe else []
+                args += ["--num-train", str(a.num_train)] if a.num_train else []
+                args += ["--num-val", str(a.num_val)]
                 print(f"== candidates {spec}", flush=True)
                 r = subprocess.run(args, env=env)
                 if r.returncode != 0:
