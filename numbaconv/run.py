@@ -166,7 +166,7 @@ _CHECKS: dict[str, Callable[[str, Any], Any]] = {
     "num_val": lambda label, v: _integer(label, v, 1),
     "normalize_std": _boolean,
     "dtype": lambda label, v: _choice(label, v, DTYPES),
-    "backend": lambda label, v: _choice(label, v, _backends()),
+    "backend": _optional(lambda label, v: _choice(label, v, _backends())),
     "seed": lambda label, v: _integer(label, v, 0),
     "threads": _optional(lambda label, v: _integer(label, v, 1)),
     "resume": _optional(_text),
@@ -197,7 +197,8 @@ class RunSpec:
     num_val: int = 1000
     normalize_std: bool = False
     dtype: str = "float32"
-    backend: str = "cpu"                      # also when resuming: a run may move between backends
+    backend: str | None = None                # None: cpu for a new run, the checkpoint's own on resume
+                                              # (a run may move between backends when one is given)
     seed: int = 0
     threads: int | None = None                # Numba (and BLAS) threads for this run; None: as set
     resume: str | None = None                 # a last.h5 to continue from
@@ -394,7 +395,8 @@ def plan_fresh(spec: RunSpec) -> Plan:
     batch_size = spec.batch_size if given else min(spec.batch_size, ds.X_train.shape[0])   # the default adapts
     filters = spec.filters if spec.filters is not None else DEFAULT_FILTERS[spec.model]
     config = {"kind": spec.model, "input_dims": list(ds.X_train.shape[1:]), "num_classes": len(ds.class_names),
-              "weight_scale": spec.weight_scale, "reg": spec.reg, "dtype": spec.dtype, "backend": spec.backend}
+              "weight_scale": spec.weight_scale, "reg": spec.reg, "dtype": spec.dtype,
+              "backend": spec.backend or "cpu"}
     if spec.model == "deep":
         config.update(num_filters=[filters] if isinstance(filters, int) else list(filters),
                       max_pools=list(spec.pools if spec.pools is not None else DEFAULT_POOLS),
@@ -415,7 +417,7 @@ def plan_recipe(spec: RunSpec) -> Plan:
     from .recipe import recipe_solver
 
     ds, data = _load_data(spec.dataset, spec.num_val, spec.num_train, spec.normalize_std, spec.dtype)
-    _, solver = recipe_solver(spec.recipe, data, spec.time_budget, seed=spec.seed, backend=spec.backend,
+    _, solver = recipe_solver(spec.recipe, data, spec.time_budget, seed=spec.seed, backend=spec.backend or "cpu",
                               num_epochs=_num_epochs(spec.epochs), num_classes=len(ds.class_names),
                               model_overrides={"dtype": spec.dtype, "reg": spec.reg},
                               verbose=False, num_train_samples=NUM_TRAIN_SAMPLES)
@@ -461,7 +463,7 @@ def plan_resume(spec: RunSpec) -> Plan:
                     **kwargs)
     solver.load_state_dict(ck.solver_state)
     solver.num_epochs = _num_epochs(epochs)
-    run.update(epochs=epochs, time_budget=budget, backend=spec.backend, threads=spec.threads)
+    run.update(epochs=epochs, time_budget=budget, backend=net.backend, threads=spec.threads)
     return Plan(spec, solver, ds, info, run, epochs, budget, resumed_from=str(spec.resume))
 
 
@@ -626,7 +628,8 @@ def execute(spec: RunSpec, *, on_progress: Callable[[RunEvent], None] | None = N
     spec.validate()
     notify = on_progress or (lambda event: None)
     out = Path(spec.out)
-    get_backend(spec.backend)   # a backend that cannot run here (no GPU) fails before any file is written
+    get_backend(spec.backend or "cpu")   # a backend that cannot run here (no GPU) fails before any file is
+    # written; on resume without --backend, the checkpoint's backend is checked when the plan loads it
     check_writable_folder(out, "run folder")
     made = _make_folders(out)
     started = False

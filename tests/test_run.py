@@ -148,3 +148,16 @@ def test_cli_choices_and_recipe_help_come_from_the_registries():
     assert all(describe_recipe(name) in RECIPE_HELP for name in RECIPES)
     # the fast recipe mirrors images and does not shift them (its table entry has no padding)
     assert "flips" in describe_recipe("fast") and "shift" not in describe_recipe("fast")
+
+
+def test_resume_keeps_the_checkpoints_backend_unless_one_is_given(tmp_path):
+    # A run trained on one backend resumes on it by default (a cuda run must not move to the
+    # cpu silently); --backend moves it.
+    small = {**TINY, "filters": "2", "pools": "0", "num-train": 10, "num-val": 5, "batch-size": 10}  # reference is slow
+    first = execute(spec_from_options({**small, "backend": "reference", "out": str(tmp_path / "a"), "epochs": 1}))
+    last = Path(first.run_dir) / "last.h5"
+    kept = execute(RunSpec.from_dict({"out": str(tmp_path / "a"), "resume": str(last), "epochs": 2}))
+    assert json.loads((Path(kept.run_dir) / "config.json").read_text())["run"]["backend"] == "reference"
+    moved = execute(RunSpec.from_dict({"out": str(tmp_path / "a"), "resume": str(last), "epochs": 2,
+                                       "backend": "cpu", "force": True}))
+    assert json.loads((Path(moved.run_dir) / "config.json").read_text())["run"]["backend"] == "cpu"

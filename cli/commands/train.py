@@ -129,8 +129,8 @@ def train(
     normalize_std: Optional[bool] = typer.Option(None, "--normalize-std/--no-normalize-std",
                                                  help="Also divide by the per-channel std (default off)."),
     dtype: Optional[DType] = typer.Option(None, help="Training precision (default float32)."),
-    backend: Optional[Backend] = typer.Option(None, help="Layer backend (default cpu, also when resuming: a run "
-                                              "may move between backends)."),
+    backend: Optional[Backend] = typer.Option(None, help="Layer backend (default cpu; on --resume the "
+                                              "checkpoint's own, and a run may move to another)."),
     seed: Optional[int] = typer.Option(None, help="Seed of the initial weights and minibatches (default 0)."),
     threads: Optional[int] = typer.Option(None, help="Numba (and BLAS) threads for this run (default: all, or "
                                           "NUMBA_NUM_THREADS)."),
