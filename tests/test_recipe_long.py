@@ -82,3 +82,56 @@ def test_long_recipe_checkpoints_resume_bit_identical_and_evaluate(tmp_path):
     acc, _ = evaluate_accuracy(ck.model, data["X_val"], data["y_val"])
     assert acc == evaluate_accuracy(model, data["X_val"], data["y_val"])[0] == solver.best_val_acc
     assert ck.model.tta_shift == 1 and ck.model.tta_flip
+
+
+def _bench():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "time_to_accuracy.py"
+    spec = importlib.util.spec_from_file_location("time_to_accuracy", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_time_to_accuracy_points_summary_and_plot(tmp_path):
+    b = _bench()
+    assert b.points(60, 20) == [20, 40, 60] and b.points(50, 20) == [20, 40, 50]
+    with pytest.raises(ValueError, match="every"):
+        b.points(60, 0)
+    curve = [{"time": t, "epoch": t / 10, "iteration": t, "val_acc": v}
+             for t, v in ((10.0, 0.5), (30.0, 0.7), (60.0, 0.8), (90.0, 0.9), (120.0, 0.88))]
+    assert b.summarise(curve, at=60, target=0.89) == {"acc_at": 0.8, "time_to_target": 90.0, "best_acc": 0.9,
+                                                      "best_time": 90.0}
+    assert b.summarise(curve, at=5, target=0.95) == {"acc_at": None, "time_to_target": None, "best_acc": 0.9,
+                                                     "best_time": 90.0}
+    png = tmp_path / "curve.png"
+    b.plot_curves({"numbaconv": curve, "pytorch": curve[:3]}, png, 60, 0.89, "test")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and [p.name for p in tmp_path.iterdir()] == ["curve.png"]
+
+
+def test_time_to_accuracy_curve_of_a_short_run():
+    curve = _bench().curve_ours(_data(), "long", 0.6, seed=0, every=0.2, num_classes=3, model_overrides=SMALL,
+                                batch_size=8)
+    times = [c["time"] for c in curve]
+    assert len(curve) >= 3 and times == sorted(times) and times[-1] <= 0.6
+    assert all(0 <= c["val_acc"] <= 1 for c in curve)
+
+
+def test_torch_recipe_follows_the_long_recipe():
+    torch = pytest.importorskip("torch", reason="PyTorch is the yardstick (pip install torch), not a dependency")
+    from numbaconv.torch_recipe import TorchRecipe
+
+    data = _data(hw=32)
+    rec = TorchRecipe("long", data, seed=0, threads=1, budget=10.0)
+    bns = [m for m in rec.net if isinstance(m, torch.nn.BatchNorm2d)]
+    assert len(bns) == 6 and all(abs(bn.momentum - 0.4) < 1e-12 and not bn.weight.requires_grad for bn in bns)
+    assert isinstance(rec.net[1], torch.nn.ReLU)   # after the whitening stem
+    conv = rec.net[2]
+    assert torch.equal(conv.weight[:24, :, 1, 1], torch.eye(24))
+    scales = sorted(g["lr_scale"] for g in rec.opt.param_groups)
+    assert scales[-1] == 64.0 and set(scales[:-1]) == {1.0}
+    for i in range(5):
+        assert np.isfinite(rec.step(i / 10))
+    assert rec.slow is not None and 0.0 <= rec.accuracy(data["X_val"], data["y_val"]) <= 1.0
