@@ -5,6 +5,11 @@ architecture as ``numbaconv.models.FastNet`` (the same frozen whitening stem, fi
 FastNet's ``prepare()`` on the same images; conv - BN - ReLU - pool blocks; global max pool;
 linear), the same init scheme, augmentation function, minibatch stream, schedule, loss and
 optimizer. PyTorch is optional (the ``bench`` extra); it is imported when a ``TorchRecipe`` is made.
+The recipe options of issue #13 follow the table the same way: whitening with its negation (a ReLU
+after the stem), dirac init, frozen BN scale, BN momentum (PyTorch's is 1 - ours), per-group learning
+rates (``numbaconv.recipe.param_group`` on our names for the same tensors), lookahead (as the Solver's),
+alternating flips (the Solver's augment seed, so the same images flip in the same epochs) and shifted
+test-time views (``numbaconv.models.shift_images``).
 """
 from __future__ import annotations
 
@@ -22,7 +27,7 @@ class TorchRecipe:
         import torch.nn as nn
 
         from .models import build_model
-        from .recipe import RECIPES, TimeSchedule, augment_crop_flip, recipe_model_config
+        from .recipe import RECIPES, TimeSchedule, augment_crop_flip, param_group, recipe_model_config
 
         if threads is not None:
             torch.set_num_threads(threads)
@@ -42,31 +47,47 @@ class TorchRecipe:
                 stem.weight.copy_(torch.from_numpy(ww))
                 stem.bias.copy_(torch.from_numpy(ours.params["whiten_b"]))
             stem.requires_grad_(False)
-            layers, c_in = [stem], ww.shape[0]
+            layers, c_in = [stem] + ([nn.ReLU()] if m.get("whiten_neg") else []), ww.shape[0]
         plan = ([(m["stem"], False)] if m["stem"] else [])
         for w in m["widths"]:
             plan += [(w, True)] + [(w, False)] * (m["convs_per_group"] - 1)
-        for F, pool in plan:   # conv - BN - ReLU - pool, the order of our Conv_BatchNorm_ReLU_Pool
+        names = {}   # tensor -> our parameter name, for the groups
+        bn_momentum = round(1.0 - m.get("bn_momentum", 0.9), 12)   # PyTorch weighs the batch, we the history
+        for i, (F, pool) in enumerate(plan, start=1):   # conv - BN - ReLU - pool, as our Conv_BatchNorm_ReLU_Pool
             conv = nn.Conv2d(c_in, F, 3, padding=1)
             nn.init.kaiming_normal_(conv.weight, nonlinearity="relu")
             nn.init.zeros_(conv.bias)
-            layers += [conv, nn.BatchNorm2d(F, momentum=0.1), nn.ReLU()] + ([nn.MaxPool2d(2)] if pool else [])
+            if m.get("dirac"):
+                with torch.no_grad():
+                    nn.init.dirac_(conv.weight[:min(F, c_in)])
+            bn = nn.BatchNorm2d(F, momentum=bn_momentum)
+            bn.weight.requires_grad_(not m.get("freeze_bn_scale"))
+            names.update({conv.weight: f"W{i}", conv.bias: f"b{i}", bn.weight: f"gamma{i}", bn.bias: f"beta{i}"})
+            layers += [conv, bn, nn.ReLU()] + ([nn.MaxPool2d(2)] if pool else [])
             c_in = F
         fc = nn.Linear(c_in, num_classes)
         nn.init.normal_(fc.weight, std=(1.0 / c_in) ** 0.5)
         nn.init.zeros_(fc.bias)
+        names.update({fc.weight: f"W{len(plan) + 1}", fc.bias: f"b{len(plan) + 1}"})
         self.net = nn.Sequential(*layers, nn.AdaptiveMaxPool2d(1), nn.Flatten(), fc)
         self.scale = m["logit_scale"]
-        trained = [p for p in self.net.parameters() if p.requires_grad]    # not the frozen stem
-        decay = [p for p in trained if p.ndim > 1]       # conv and linear weights only
-        no_decay = [p for p in trained if p.ndim <= 1]    # biases, BN gamma/beta
-        oc = r["optim_config"]
-        self.opt = torch.optim.SGD([{"params": decay, "weight_decay": oc["weight_decay"]},
-                                    {"params": no_decay, "weight_decay": 0.0}],
+        trained = [p for p in self.net.parameters() if p.requires_grad]    # not the frozen stem (or BN scale)
+        oc, scales = r["optim_config"], r.get("lr_scales", {})
+        groups = {}   # our groups: decay on "weights" only (conv and linear), lr scales by group
+        for p in trained:
+            groups.setdefault(param_group(names[p]), []).append(p)
+        self.opt = torch.optim.SGD([{"params": ps, "weight_decay": oc["weight_decay"] if g == "weights" else 0.0,
+                                     "lr_scale": float(scales.get(g, 1.0))} for g, ps in groups.items()],
                                    lr=r["peak_lr"], momentum=oc["momentum"], nesterov=True)
-        self.sched = TimeSchedule(r["peak_lr"], budget, warmup=r["warmup"], shape=r["shape"])
+        self.sched = TimeSchedule(r["peak_lr"], budget, warmup=r["warmup"], shape=r["shape"],
+                                  start=r.get("start", 0.1), final=r.get("final", 0.0))
         self.lossf = nn.CrossEntropyLoss(label_smoothing=m["smoothing"])
         self.augment = augment_crop_flip(r["pad"], r["flip"])
+        # the Solver's augment seed for this seed (numbaconv.solver: the third SeedSequence child)
+        self.augment_seed = int(np.random.SeedSequence(seed).spawn(3)[2].generate_state(1, dtype=np.uint32)[0])
+        self.lookahead_every, self.lookahead_decay = r.get("lookahead_every"), r.get("lookahead_decay", 0.95)
+        self.slow = None   # lookahead's averages, by parameter
+        self.steps = 0
         self.rng = np.random.default_rng(seed)
         self.X, self.y = data["X_train"], data["y_train"]
         self.batch_size = r["batch_size"]
@@ -85,13 +106,29 @@ class TorchRecipe:
         torch = self.torch
         lr = self.sched.peak_lr if progress is None else self.sched.peak_lr * self.sched.factor(progress)
         for g in self.opt.param_groups:
-            g["lr"] = lr
+            g["lr"] = lr * g["lr_scale"]
         idx = self.rng.choice(self.X.shape[0], self.batch_size)
-        xb, yb = self.augment(self.X[idx], self.y[idx], self.rng)
+        if getattr(self.augment, "per_image", False):
+            xb, yb = self.augment(self.X[idx], self.y[idx], self.rng, index=idx,
+                                  epoch=self.steps // max(self.X.shape[0] // self.batch_size, 1), seed=self.augment_seed)
+        else:
+            xb, yb = self.augment(self.X[idx], self.y[idx], self.rng)
         loss = self.lossf(self.net(torch.from_numpy(np.ascontiguousarray(xb))) * self.scale, torch.from_numpy(yb))
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         self.opt.step()
+        k = self.lookahead_every
+        if k and (self.steps + 1) % k == 0:   # as Solver._lookahead: progress before this step, cubed
+            d = self.lookahead_decay ** k * (0.0 if progress is None else min(max(progress, 0.0), 1.0)) ** 3
+            with torch.no_grad():
+                params = [p for g in self.opt.param_groups for p in g["params"]]
+                if self.slow is None:
+                    self.slow = [p.detach().clone() for p in params]
+                else:
+                    for s, p in zip(self.slow, params):
+                        s.mul_(d).add_(p, alpha=1.0 - d)
+                        p.copy_(s)
+        self.steps += 1
         return float(loss)
 
     def accuracy(self, X, y, batch: int = 500) -> float:
@@ -101,13 +138,24 @@ class TorchRecipe:
         correct = 0
         with torch.no_grad():
             for s in range(0, X.shape[0], batch):
-                xb = torch.from_numpy(np.ascontiguousarray(X[s:s + batch]))
-                scores = self.net(xb)
-                if self.m["tta_flip"]:
-                    scores = 0.5 * (scores + self.net(torch.flip(xb, dims=[3])))
+                scores = self._view_scores(X[s:s + batch])
+                shift = self.m.get("tta_shift", 0)
+                if shift:   # as FastNet.loss: the image 0.5, each shifted view 0.25
+                    from .models import shift_images
+
+                    scores = (0.5 * scores + 0.25 * self._view_scores(shift_images(X[s:s + batch], shift, shift))
+                              + 0.25 * self._view_scores(shift_images(X[s:s + batch], -shift, -shift)))
                 correct += int((scores.argmax(1).numpy() == y[s:s + batch]).sum())
         self.net.train()
         return correct / X.shape[0]
+
+    def _view_scores(self, X):
+        """Test-mode scores of one view, mirror-averaged if the recipe says so."""
+        xb = self.torch.from_numpy(np.ascontiguousarray(X))
+        scores = self.net(xb)
+        if self.m["tta_flip"]:
+            scores = 0.5 * (scores + self.net(self.torch.flip(xb, dims=[3])))
+        return scores
 
     def state(self) -> dict:
         return {k: v.clone() for k, v in self.net.state_dict().items()}
