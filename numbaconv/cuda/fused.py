@@ -78,7 +78,8 @@ def _backward(dout, cache, layer, need_dx):
            window[3] * window[4])
     da = scratch(a.shape, dtype, "fused conv output gradient")
     launch("bn_relu_pool_backward", dtype, blocks(a.size, THREADS_1D), THREADS_1D, flat(dd), flat(out), flat(a),
-           flat(argmax), mean, inv_std, gd, ga, gb, flat(da), int(pool), g.N, F, g.H_out, g.W_out, *window)
+           flat(argmax), mean, inv_std, gd, ga, gb, flat(da), int(pool), int(train), g.N, F, g.H_out, g.W_out,
+           *window)
     dx, dw, db = conv_backward(da, xd, wd, g, need_dx)
     host = not is_device(dout)
     return (result(dx, host) if need_dx else None), result(dw, host), result(db, host), result(dgamma, host), \

@@ -655,9 +655,10 @@ def _make_bn_backward_apply(dt):
 def _make_bn_relu_pool(dt):
     def bn_relu_pool(a, mean, inv_std, gamma, beta, out, argmax, pool, N, C, H, W, ph, pw, stride, Ho, Wo):
         # One thread per output: the first maximum (row-major, strict '>') of
-        # bn(a) over the window, then ReLU (max(relu(v)) = relu(max(v)); where the
-        # maximum is not positive the recorded element may differ from the unfused
-        # layers' but both get no gradient).
+        # bn(a) over the window, or its first NaN (NaN propagates, as in max pool),
+        # then ReLU (x <= 0 ? 0 : x, so NaN stays NaN); max(relu(v)) = relu(max(v)).
+        # Where the maximum is not positive the recorded element may differ from the
+        # unfused layers' but both get no gradient.
         total = N * C * Ho * Wo
         for e in range(cuda.grid(1), total, cuda.gridsize(1)):
             plane = e // (Ho * Wo)
@@ -676,10 +677,10 @@ def _make_bn_relu_pool(dt):
                 for l in range(pw):
                     at = (i * stride + k) * W + j * stride + l
                     r = g * ((a[base + at] - mu) * inv) + bt
-                    if r > best:
+                    if not (r <= best) and best == best:   # r > best or r is NaN, unless best is
                         best = r
                         best_at = at
-            out[e] = best if best > dt(0) else dt(0)
+            out[e] = dt(0) if best <= dt(0) else best
             if pool:
                 argmax[e] = best_at
     return bn_relu_pool
@@ -689,8 +690,9 @@ def _make_bn_relu_pool(dt):
 def _make_bn_relu_pool_grad_sums(dt):
     def bn_relu_pool_grad_sums(dout, out, a, argmax, mean, inv_std, gamma, dgamma, dbeta, ga, gb, pool, train,
                                N, C, HW, Q):
-        # Per channel, from the pooled arrays only: with dan = dout where the output
-        # passed ReLU (the gradient at bn's output, at each window's maximum),
+        # Per channel, from the pooled arrays only: with dan = dout except where the
+        # output is <= 0 (ReLU; NaN passes) (the gradient at bn's output, at each
+        # window's maximum),
         # dbeta = sum(dan), dgamma = sum(dan * xhat); then batch norm's closed-form
         # input gradient per channel, da = gamma/std * dan - ga - xhat * gb, with
         # ga = gamma/std * dbeta / M, gb = gamma/std * dgamma / M (zero in test mode).
@@ -706,7 +708,7 @@ def _make_bn_relu_pool_grad_sums(dt):
             for m in range(tid, M, bs):
                 n = m // Q
                 o = (n * C + c) * Q + (m - n * Q)
-                if out[o] > dt(0):
+                if not (out[o] <= dt(0)):
                     p = argmax[o] if pool else m - n * Q
                     d = dout[o]
                     sb += d
@@ -722,12 +724,14 @@ def _make_bn_relu_pool_grad_sums(dt):
     return bn_relu_pool_grad_sums
 
 
-@kernel("bn_relu_pool_backward", "AAAIAAAAAAiiiiiiiiii")
+@kernel("bn_relu_pool_backward", "AAAIAAAAAAiiiiiiiiiii")
 def _make_bn_relu_pool_backward(dt):
-    def bn_relu_pool_backward(dout, out, a, argmax, mean, inv_std, gamma, ga, gb, da, pool, N, C, H, W, ph, pw,
-                              stride, Ho, Wo):
+    def bn_relu_pool_backward(dout, out, a, argmax, mean, inv_std, gamma, ga, gb, da, pool, train, N, C, H, W, ph,
+                              pw, stride, Ho, Wo):
         # da, the gradient at the conv output: one thread per element, gathering
-        # dout from the windows whose (positive) maximum it is; no races.
+        # dout from the windows whose maximum it is where ReLU passed; no races. In
+        # test mode the statistics are constants: no -ga - xhat * gb term (so an
+        # infinite xhat gives no 0 * inf).
         HW = H * W
         for e in range(cuda.grid(1), N * C * HW, cuda.gridsize(1)):
             plane = e // HW
@@ -735,7 +739,9 @@ def _make_bn_relu_pool_backward(dt):
             at = e - plane * HW
             inv = inv_std[c]
             gi = gamma[c] * inv
-            v = -ga[c] - ((a[e] - mean[c]) * inv) * gb[c]
+            v = dt(0)
+            if train:
+                v = -ga[c] - ((a[e] - mean[c]) * inv) * gb[c]
             if pool:
                 h = at // W
                 wc = at - h * W
@@ -748,9 +754,9 @@ def _make_bn_relu_pool_backward(dt):
                 for i in range(i_lo, min(h // stride, Ho - 1) + 1):
                     for j in range(j_lo, min(wc // stride, Wo - 1) + 1):
                         o = (plane * Ho + i) * Wo + j
-                        if argmax[o] == at and out[o] > dt(0):
+                        if argmax[o] == at and not (out[o] <= dt(0)):
                             v += gi * dout[o]
-            elif out[e] > dt(0):
+            elif not (out[e] <= dt(0)):
                 v += gi * dout[e]
             da[e] = v
     return bn_relu_pool_backward
