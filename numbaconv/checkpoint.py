@@ -26,6 +26,7 @@ before anything large is allocated.
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -348,34 +349,56 @@ def _param_count(config: dict) -> int | None:
     return None
 
 
-# What Solver.load_state_dict reads from solver/settings without a default.
-_SETTINGS_NUMBERS = ("lr_decay", "train_time", "last_step_time", "best_val_acc")
-_SETTINGS_COUNTS = ("epoch", "iteration")
-_SETTINGS_REQUIRED = ("update_rule", "batch_size", "num_epochs", "num_train_samples", "num_val_samples",
-                      "rng_state", "eval_rng_state") + _SETTINGS_NUMBERS + _SETTINGS_COUNTS
+# solver/settings as Solver.state_dict writes it: key -> (what it must be, required). The Solver
+# reads the required ones without a default; a wrong type would fail (or, for a NaN, train on
+# garbage) only later, in the middle of a resumed run, with a message that names no file.
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+_SETTING_RULES = {
+    "an integer >= 0": lambda v: _is_int(v) and v >= 0,
+    "a positive integer": lambda v: _is_int(v) and v >= 1,
+    "a positive integer or null": lambda v: v is None or (_is_int(v) and v >= 1),
+    "a finite number": _is_number,
+    "a finite number >= 0": lambda v: _is_number(v) and v >= 0,
+    "a number in (0, 1]": lambda v: _is_number(v) and 0 < v <= 1,
+    "a number or null": lambda v: v is None or _is_number(v),
+    "a string or null": lambda v: v is None or isinstance(v, str),
+    "a name": lambda v: isinstance(v, str),
+    "a JSON object or null": lambda v: v is None or isinstance(v, dict),
+}
+_SETTINGS = {   # key: (rule, required)
+    "update_rule": ("a name", True), "optim_config": ("a JSON object or null", False),
+    "lr_decay": ("a number in (0, 1]", True), "batch_size": ("a positive integer", True),
+    "num_epochs": ("a positive integer", True), "num_train_samples": ("a positive integer or null", True),
+    "num_val_samples": ("a positive integer or null", True), "print_every": ("a positive integer", False),
+    "epoch": ("an integer >= 0", True), "iteration": ("an integer >= 0", True),
+    "train_time": ("a finite number >= 0", True), "last_step_time": ("a finite number >= 0", True),
+    "best_val_acc": ("a finite number", True), "best_epoch": ("a number or null", False),
+    "stop_reason": ("a string or null", False),
+}
 
 
 def _check_settings(s: dict, path) -> None:
     from .optim import get_update_rule
 
     entry = "solver/settings"
-    missing = [k for k in _SETTINGS_REQUIRED if k not in s]
+    missing = [k for k, (_, required) in _SETTINGS.items() if required and k not in s]
+    missing += [k for k in ("rng_state", "eval_rng_state") if k not in s]
     if missing:
         raise _bad(path, entry, f"has no {', '.join(missing)}")
-    for k in _SETTINGS_NUMBERS:
-        if isinstance(s[k], bool) or not isinstance(s[k], (int, float)):
-            raise _bad(path, entry, f"{k} must be a number, got {s[k]!r}")
-    for k in _SETTINGS_COUNTS:
-        if isinstance(s[k], bool) or not isinstance(s[k], int) or s[k] < 0:
-            raise _bad(path, entry, f"{k} must be an integer >= 0, got {s[k]!r}")
-    if not isinstance(s["update_rule"], str):
-        raise _bad(path, entry, f"update_rule must be a name, got {s['update_rule']!r}")
+    for k, (rule, _) in _SETTINGS.items():
+        if k in s and not _SETTING_RULES[rule](s[k]):
+            raise _bad(path, entry, f"{k} must be {rule}, got {s[k]!r}")
     try:
         get_update_rule(s["update_rule"])
     except ValueError as e:
         raise _bad(path, entry, str(e)) from None
-    if not isinstance(s.get("optim_config") or {}, dict):
-        raise _bad(path, entry, f"optim_config must be a JSON object, got {s['optim_config']!r}")
     for k in ("rng_state", "eval_rng_state"):
         try:   # the Solver's generators are default_rng()s: the state must fit one
             np.random.default_rng().bit_generator.state = s[k]
@@ -383,10 +406,10 @@ def _check_settings(s: dict, path) -> None:
             raise _bad(path, entry, f"{k} is not a NumPy PCG64 state") from None
 
 
-def _optimizer_keys(settings: dict, dtype, path) -> set:
-    """The keys each parameter's optimizer config holds after one step of the run's
-    update rule (its hyperparameters and its state: m, v, t for adam): one step of
-    the rule on one number says which, for any rule, registered ones included."""
+def _optimizer_step_config(settings: dict, dtype, path) -> dict:
+    """What each parameter's optimizer config holds after one step of the run's update
+    rule: its hyperparameters (numbers) and its state (adam: arrays m, v and the count t).
+    One step of the rule on one number says which, for any rule, registered ones included."""
     from .optim import get_update_rule
 
     rule = get_update_rule(settings["update_rule"])
@@ -394,7 +417,47 @@ def _optimizer_keys(settings: dict, dtype, path) -> set:
         _, cfg = rule(np.zeros(1, dtype), np.ones(1, dtype), dict(settings.get("optim_config") or {}))
     except ValueError as e:
         raise _bad(path, "solver/settings", f"optim_config is not valid for {settings['update_rule']}: {e}") from None
-    return set(cfg)
+    return cfg
+
+
+def _optimizer_damage(p: str, cfg: dict, step_config: dict) -> list[str]:
+    """Entries of one parameter's optimizer config of another kind than the rule's own
+    (a number where it keeps an array, or the reverse), or numbers that are not finite."""
+    problems = []
+    for key, value in cfg.items():
+        if key not in step_config:
+            continue   # an extra hyperparameter of this parameter (e.g. weight_decay 0 for BN)
+        if isinstance(step_config[key], np.ndarray) != isinstance(value, np.ndarray):
+            kind = "an array" if isinstance(step_config[key], np.ndarray) else "a number"
+            problems.append(f"solver/optim/{p}/{key} must be {kind}, got {type(value).__name__}")
+        elif isinstance(step_config[key], bool):
+            if not isinstance(value, bool):
+                problems.append(f"solver/optim/{p}/{key} must be true or false, got {value!r}")
+        elif not isinstance(value, np.ndarray) and not _is_number(value):
+            problems.append(f"solver/optim/{p}/{key} must be a finite number, got {value!r}")
+    return problems
+
+
+def _check_data_info(info: dict, channels: int, path) -> None:
+    """The entries of data_info that evaluate and predict use to load and preprocess data
+    (written by numbaconv.run.data_info_for), each of the type it must have; any may be absent."""
+    def numbers(v, positive=False):
+        return (isinstance(v, list) and len(v) == channels and all(_is_number(x) and (x > 0 or not positive)
+                                                                    for x in v))
+    rules = {
+        "name": (lambda v: isinstance(v, str) and v != "", "a dataset name or file"),
+        "source": (lambda v: isinstance(v, str), "a string"),
+        "num_val": (_SETTING_RULES["an integer >= 0"], "an integer >= 0"),
+        "num_train": (_SETTING_RULES["a positive integer or null"], "a positive integer or null"),
+        "normalize_std": (lambda v: isinstance(v, bool), "true or false"),
+        "seed": (_SETTING_RULES["an integer >= 0"], "an integer >= 0"),
+        "mean": (numbers, f"a list of {channels} finite numbers (one per channel)"),
+        "std": (lambda v: v is None or numbers(v, positive=True), f"null or a list of {channels} positive numbers"),
+        "class_names": (lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v), "a list of strings"),
+    }
+    for key, (ok, what) in rules.items():
+        if key in info and not ok(info[key]):
+            raise _bad(path, "data_info", f"{key} must be {what}, got {str(info[key])[:60]}")
 
 
 def _damage(what: str, arrays: dict) -> list[str]:
@@ -494,6 +557,7 @@ def _read_checkpoint(f, path: Path, backend: str | None) -> Checkpoint:
         model = build_model(config, **overrides)
     except ValueError as e:
         raise ValueError(f"checkpoint {path}: its model config cannot be built: {e}") from None
+    _check_data_info(data_info, model.input_dims[0], path)
     shapes = model.param_shapes()
     problems = _mismatches("params/", params, shapes, model.dtype) + _bn_mismatches("", bn, model)
     state = None
@@ -546,13 +610,15 @@ def _read_checkpoint(f, path: Path, backend: str | None) -> Checkpoint:
                 damage += _damage(f"solver/best/bn/{i}/", stats)
         for p, cfg in state["optim_configs"].items():
             damage += _damage(f"solver/optim/{p}/", {k: v for k, v in cfg.items() if isinstance(v, np.ndarray)})
+        step_config = _optimizer_step_config(settings, model.dtype, path)
+        for p, cfg in state["optim_configs"].items():
+            damage += _optimizer_damage(p, cfg, step_config)
         if settings["iteration"] > 0:
             # after a step every trained parameter holds the rule's full config; a missing
             # key (adam's m, v or t) would silently restart it from scratch
-            need = _optimizer_keys(settings, model.dtype, path)
             frozen = set(getattr(model, "frozen", ()))
             for p, cfg in state["optim_configs"].items():
-                lost = sorted(need - set(cfg)) if p not in frozen else []
+                lost = sorted(set(step_config) - set(cfg)) if p not in frozen else []
                 if lost:
                     damage.append(f"solver/optim/{p} has no {', '.join(lost)} after {settings['iteration']} "
                                   f"{settings['update_rule']} steps (resuming would restart them)")
