@@ -145,11 +145,7 @@ def test_maxpool_nan_propagates_and_takes_the_gradient(nb):
                                              [0.0, 0.0, 2.0, 0.0, 0.0, 0.0, 0.0, 0.0]])
 
 
-def test_relu_nan_inf_and_signed_zero(nb, backend_name, request):
-    from test_properties import CUDA_RELU_NAN
-
-    if backend_name == "cuda":
-        request.applymarker(CUDA_RELU_NAN)
+def test_relu_nan_inf_and_signed_zero(nb):
     x = np.array([np.nan, -0.0, 0.0, -1.0, 2.0, np.inf, -np.inf])
     out, cache = nb.ReLU.forward(x)
     np.testing.assert_array_equal(out, [np.nan, 0.0, 0.0, 0.0, 2.0, np.inf, 0.0])   # as PyTorch: x <= 0 ? 0 : x

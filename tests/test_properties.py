@@ -198,15 +198,8 @@ def test_maxpool(backend_name):
     run(backend_name, pool_cases(), check)
 
 
-# The cuda ReLU kernels (cuda/kernels.py relu_forward, relu_backward) still test x > 0, so
-# ReLU(NaN) is 0 there; strict, so the mark goes when they follow the contract (x <= 0 ? 0 : x).
-CUDA_RELU_NAN = pytest.mark.xfail(strict=True, reason="cuda relu kernels map NaN to 0 (contract: NaN propagates)")
-
-
-def test_relu(backend_name, request):
+def test_relu(backend_name):
     ref = get_backend("reference")
-    if backend_name == "cuda":
-        request.applymarker(CUDA_RELU_NAN)
 
     def check(nb, case):
         x, dout = case

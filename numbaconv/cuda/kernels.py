@@ -806,7 +806,7 @@ def _make_relu_forward(dt):
     def relu_forward(x, out, total):
         for e in range(cuda.grid(1), total, cuda.gridsize(1)):
             v = x[e]
-            out[e] = v if v > dt(0) else dt(0)
+            out[e] = dt(0) if v <= dt(0) else v   # NaN propagates (as PyTorch): NaN <= 0 is false
     return relu_forward
 
 
@@ -814,7 +814,7 @@ def _make_relu_forward(dt):
 def _make_relu_backward(dt):
     def relu_backward(x, dout, dx, total):
         for e in range(cuda.grid(1), total, cuda.gridsize(1)):
-            dx[e] = dout[e] if x[e] > dt(0) else dt(0)
+            dx[e] = dt(0) if x[e] <= dt(0) else dout[e]   # the gradient passes at NaN, as forward does
     return relu_backward
 
 
