@@ -183,6 +183,18 @@ def test_visualize_filters_unwritable_output_is_one_line(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file", "m.h5"]
 
 
+def test_visualize_filters_of_a_cuda_checkpoint_needs_no_gpu(tmp_path, no_gpu):
+    from numbaconv.checkpoint import save_checkpoint
+    from numbaconv.models import DeepConvNet
+
+    save_checkpoint(tmp_path / "gpu.h5", DeepConvNet(num_filters=[5], max_pools=[0], backend="reference", seed=0),
+                    which="model")
+    _h5_edit(tmp_path / "gpu.h5", lambda f: _set_json(f, "model_config", backend="cuda"))   # trained on a GPU
+    result = runner.invoke(app, ["visualize-filters", str(tmp_path / "gpu.h5")])
+    assert result.exit_code == 0, result.output
+    assert "5x3x3x3" in result.output and (tmp_path / "gpu-filters.png").is_file()
+
+
 def _h5_edit(path, edit):
     import h5py
 

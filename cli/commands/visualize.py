@@ -25,7 +25,7 @@ def visualize_filters(
 
     output = output or checkpoint.with_name(f"{checkpoint.stem}-filters.png")
     try:
-        ck = load_checkpoint(checkpoint)
+        ck = load_checkpoint(checkpoint, backend="reference")   # only the weights are drawn: no GPU needed
         panels = input_filters(ck.model)
         out = plot_filters(panels if len(panels) > 1 else panels[0][1], output,
                            title=f"{panels[0][0] if len(panels) == 1 else 'filters'} of {checkpoint.name} "
