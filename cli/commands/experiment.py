@@ -93,8 +93,8 @@ def overfit(
     filters: str = typer.Option("8,16,32,64", help="Conv filters per layer."),
     pools: str = typer.Option("0,1,2,3", help="Conv layers followed by a 2x2 max pool."),
 ) -> None:
-    """Figure 6: a DeepConvNet trained on 50 images until it overfits (the report: 100% training accuracy
-    within 30 epochs on CIFAR-10); reports the first epoch at 100%, if one is reached."""
+    """Figure 6: a DeepConvNet trained for 30 epochs on 50 images, to see how soon it fits them (the report:
+    100% training accuracy within 30 epochs on CIFAR-10); reports the first epoch at 100%, if any."""
     from numbaconv.experiments import run_overfit
 
     ws = weight_scale if weight_scale == "kaiming" else _floats("--weight-scale", weight_scale)[0]
