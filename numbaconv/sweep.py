@@ -38,6 +38,7 @@ file is written whole (temporary name + rename). ``resume=True`` runs only what 
 """
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import itertools
@@ -443,7 +444,7 @@ def _run_dask(todo, records, out, meta, progress, *, threads, workers, scheduler
                     progress()
                 try:
                     done, _ = wait(list(active), timeout=0.5, return_when="FIRST_COMPLETED")
-                except TimeoutError:
+                except (TimeoutError, asyncio.TimeoutError):   # distinct types before Python 3.11
                     continue
                 for fut in done:
                     i, run = active.pop(fut)

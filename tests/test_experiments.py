@@ -4,6 +4,7 @@ are the run's (checked against the histories it records and the run itself).
 The runs go through the sweep engine: in this process (--workers 0) here, and
 once on a two-worker local cluster, which must give the same JSON numbers."""
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -147,3 +148,20 @@ def test_bad_sizes_are_clear_errors(tmp_path):
     r = runner.invoke(app, ["experiment", "overfit", "--dataset", "synthetic", "--num-val", "10", "--out",
                             str(tmp_path), "--filters", "4", "--pools", "3"])
     assert r.exit_code == 2 and "max_pools" in r.output
+
+
+def test_without_dask_the_runs_go_in_this_process(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "distributed", None)   # `import distributed` now fails
+    r = runner.invoke(app, ["experiment", "bn-lr", *TINY, "--out", str(tmp_path), *BN_LR, "--lrs", "1e-3"])
+    assert r.exit_code == 0, r.output
+    assert 'Dask is not installed' in r.output and 'pip install -e ".[sweep]"' in r.output
+    assert json.loads((tmp_path / "bn-lr.json").read_text())["workers"] == 0
+    r = runner.invoke(app, ["experiment", "bn-lr", *TINY, "--out", str(tmp_path), "--workers", "2"])
+    assert r.exit_code == 2 and 'pip install -e ".[sweep]"' in r.output
+
+
+def test_workers_and_scheduler_together_are_refused(tmp_path):
+    for name in ("init", "bn-lr"):
+        r = runner.invoke(app, ["experiment", name, *TINY, "--out", str(tmp_path), "--workers", "1",
+                                "--scheduler", "tcp://127.0.0.1:1"])
+        assert r.exit_code == 2 and "not both" in r.output
