@@ -1,7 +1,9 @@
-"""Train the "fast" recipe for a fixed budget of training-step seconds on a CIFAR-10 HDF5 file.
+"""Train a recipe ("fast" by default) for a fixed budget of training-step seconds on a CIFAR-10 HDF5 file.
 
     .venv/bin/python benchmarks/train_60s.py --dataset /tmp/nbdata/cifar10.h5 --seeds 0 1 2 [--against-torch]
 
+Validation: the recipe's num_val images (numbaconv.recipe.RECIPES). For accuracy against time (a curve,
+accuracy at 60 s, time to 89%), see benchmarks/time_to_accuracy.py.
 Reports per seed: best val accuracy (BN running stats, flip TTA as the recipe says), test accuracy when the
 file has a test split, images/s, epochs. Only training steps count toward the budget (minibatch gather,
 augmentation, forward, backward, update), as the Solver's time_limit does; accuracy checks do not.
@@ -79,7 +81,9 @@ def main(argv=None):
     from numbaconv.data import load_dataset
 
     numba.set_num_threads(a.threads)
-    ds = load_dataset(a.dataset, num_val=1000)
+    from numbaconv.recipe import RECIPES
+
+    ds = load_dataset(a.dataset, num_val=RECIPES[a.recipe]["num_val"])   # the recipe's validation size
     data = {"X_train": ds.X_train, "y_train": ds.y_train, "X_val": ds.X_val, "y_val": ds.y_val}
     print(f"{ds.source}: {ds.X_train.shape[0]} train / {ds.X_val.shape[0]} val / "
           f"{0 if ds.X_test is None else ds.X_test.shape[0]} test; budget {a.budget:g} s; threads {a.threads}; "
