@@ -232,9 +232,20 @@ def read_results(out) -> dict:
     return doc
 
 
-def _same_run(a: dict, b: dict) -> bool:
+def _same_run(old: dict, new: dict) -> bool:
+    """Whether a run recorded in results.json is the run the spec now makes; fields a newer
+    RunSpec added count at their defaults, where it runs and on how many threads do not count."""
+    from dataclasses import fields
+
+    from .run import RunSpec
+
+    known = {f.name for f in fields(RunSpec)}
+    try:
+        old = RunSpec(**{k: v for k, v in old.items() if k in known}).to_dict()
+    except (TypeError, ValueError):
+        return False
     skip = ("out", "threads", "force")
-    return ({k: v for k, v in a.items() if k not in skip} == {k: v for k, v in b.items() if k not in skip})
+    return ({k: v for k, v in old.items() if k not in skip} == {k: v for k, v in new.items() if k not in skip})
 
 
 def _starting_records(runs: list[SweepRun], out: Path, resume: bool, replace: bool = False) -> list[dict]:

@@ -177,6 +177,13 @@ def test_resume_after_an_interrupted_sweep_runs_only_what_is_not_done(tmp_path):
     assert all(v["status"] == "done" for v in after.values())
     assert after[first] == before[first]                     # not run again
     assert (out / "runs" / first / "last.h5").stat().st_mtime_ns == stamp
+    # Resuming with a spec that makes other runs, or the same runs with other options, is refused.
+    for grid, base, says in (("seed = [0, 1]\n", "filters = [4, 4]\n", "other runs"),
+                             ("seed = [0, 1, 2]\n", "filters = [4, 8]\n", "other options")):
+        r = runner.invoke(app, ["sweep", str(_spec(tmp_path, grid, base)), "--out", str(out), "--workers", "0",
+                                "--resume"])
+        assert r.exit_code == 2 and says in r.output
+    assert _results(out) == after
 
 
 def _free_port() -> int:
