@@ -103,7 +103,8 @@ def overfit(
              num_filters=_ints("--filters", filters), max_pools=_ints("--pools", pools))
     t = Table(title=f"overfit {r['num_train']} images ({dataset}, {backend.value})", show_header=False)
     for k, v in [("epochs", str(r["epochs"])),
-                 ("first epoch at 100% train acc", "never" if r["epochs_to_100"] is None else f"{r['epochs_to_100']:g}"),
+                 ("first epoch at 100% train acc",
+                  "never" if r["epochs_to_100"] is None else f"{r['epochs_to_100']:g}"),
                  ("final train acc", _pct(r["final_train_acc"])), ("final val acc", _pct(r["final_val_acc"])),
                  ("final loss", _pct(r["final_loss"])), ("diverged", escape(r["diverged"] or "no")),
                  ("run time", f"{r['seconds']:.1f} s"), ("files", f"{r['json']} {r['png']}")]:

@@ -68,7 +68,8 @@ def _acc(v) -> str:
 def sweep(
     spec: Path = typer.Argument(..., help="TOML spec: [base] options common to every run (any `numbaconv train` "
                                 "option by its long name), [grid] option = [values] (every combination is a run)."),
-    out: Path = typer.Option(..., "--out", help="Sweep folder: results.json, summary.png, runs/NAME/ (one folder per run)."),
+    out: Path = typer.Option(..., "--out",
+                             help="Sweep folder: results.json, summary.png, runs/NAME/ (one folder per run)."),
     workers: Optional[int] = typer.Option(None, min=0, help=WORKERS_HELP),
     scheduler: Optional[str] = typer.Option(None, help=SCHEDULER_HELP),
     threads: int = typer.Option(1, min=1, help=THREADS_HELP),
