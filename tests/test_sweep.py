@@ -101,6 +101,29 @@ def test_without_dask_sweep_says_what_to_install(tmp_path, monkeypatch):
 
 
 # ---------------------------------------------------------------------- engine
+def test_kernels_are_warmed_in_the_driver_once_per_kind_of_run(tmp_path, monkeypatch):
+    # Workers only read the Numba cache: the driver trains a one-step copy of one run per kind
+    # (what selects kernels), not per learning rate or seed.
+    import numbaconv.run
+    from numbaconv.sweep import _warm_kernels
+
+    warmed = []
+
+    class Plan:
+        def __init__(self, spec):
+            warmed.append(spec)
+            self.solver = self
+
+        def train(self):
+            pass
+
+    monkeypatch.setattr(numbaconv.run, "make_plan", Plan)
+    spec = load_spec(_spec(tmp_path, "lr = [1e-3, 1e-2]\nseed = [0, 1]\nbatchnorm = [false, true]\n"))
+    _warm_kernels([r.spec for r in expand(spec, tmp_path)])
+    assert sorted(w.batchnorm for w in warmed) == [False, True]
+    assert all(w.epochs == 1 and w.num_train == w.batch_size and w.threads is None for w in warmed)
+
+
 def test_four_runs_on_two_workers_one_failing(tmp_path):
     # A one-layer net has no layer 1 to pool after: that run fails in its worker, the others finish.
     spec = _spec(tmp_path, "filters = [[4, 4], [8, 4], [4, 8], [4]]\n", "")
