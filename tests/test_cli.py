@@ -340,3 +340,20 @@ def test_evaluate_and_predict_tables_fit_80_columns(tmp_path, monkeypatch):
             assert cells and set(cells) <= set(CLASS_NAMES) | {"all", ""}, cells
         # the room is used: more of the path at 160 columns than at 80
         assert ("a-rather-long-folder-name-" in r.output) == (width == 160)
+
+
+def test_error_lines_are_plain_text_on_one_line(capsys):
+    # A message with rich markup-like brackets (a TOML table name, a path) prints as written,
+    # on one line however narrow the console.
+    import typer
+
+    from numbaconv_cli.console import err_console, fail
+
+    width = err_console.width
+    err_console.width = 20
+    try:
+        exit_ = fail("bad key [grid] lr in /tmp/a[1]/spec.toml: give a list", 2)
+    finally:
+        err_console.width = width
+    assert isinstance(exit_, typer.Exit) and exit_.exit_code == 2
+    assert capsys.readouterr().err == "error: bad key [grid] lr in /tmp/a[1]/spec.toml: give a list\n"

@@ -47,7 +47,7 @@ THREADS_HELP = "Numba threads per run (default: 1 in workers, every core with --
 
 def _check_out(out: Path) -> None:
     if out.exists() and not out.is_dir():
-        raise fail(escape(f"--out {out} exists and is not a folder; choose a folder"), 2)
+        raise fail(f"--out {out} exists and is not a folder; choose a folder", 2)
 
 
 def _engine(workers: Optional[int], scheduler: Optional[str], threads: Optional[int]) -> dict:
@@ -74,7 +74,7 @@ def _run(fn, total: int, out: Path, engine: dict | None = None, **kw) -> dict:
     try:
         return run_with_progress(lambda update: fn(out=out, on_update=update, **(engine or {}), **kw), total)
     except ExperimentError as e:   # a run failed for another reason than diverging (its worker died)
-        raise fail(escape(str(e)), 1) from None
+        raise fail(str(e), 1) from None
 
 
 @app.command()

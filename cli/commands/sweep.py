@@ -52,9 +52,9 @@ def run_with_progress(call, total: int, *, again: str | None = None):
         finally:
             progress.stop()
     except ImportError as e:   # Dask is an optional extra
-        raise fail(escape(str(e)), 2) from None
+        raise fail(str(e), 2) from None
     except ValueError as e:    # bad folder, resume of another sweep, unreachable scheduler, bad run settings
-        raise fail(escape(str(e)), 2) from None
+        raise fail(str(e), 2) from None
     except KeyboardInterrupt:
         console.print("[yellow]interrupted[/]: runs in flight were stopped; finished runs are recorded"
                       + (f". Continue with: {escape(again)}" if again else ""), highlight=False)
@@ -85,12 +85,12 @@ def sweep(
         try:
             require_dask()
         except ImportError as e:
-            raise fail(escape(str(e)), 2) from None
+            raise fail(str(e), 2) from None
     try:
         sweep_spec = load_spec(spec)
         runs = expand(sweep_spec, out)
     except ValueError as e:
-        raise fail(escape(str(e)), 2) from None
+        raise fail(str(e), 2) from None
     keys = list(sweep_spec.grid)
     console.print(f"sweep {spec}: {len(runs)} run{'s' if len(runs) != 1 else ''} into {out}/runs "
                   f"({', '.join(f'{k}: {len(v)}' for k, v in sweep_spec.grid.items()) or 'no grid'})",
