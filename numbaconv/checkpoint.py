@@ -27,12 +27,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from .files import atomic_write
 from .models import build_model
 from .solver import History
 
@@ -54,37 +54,13 @@ class Checkpoint:
 
 
 # ------------------------------------------------------------------- writing
-def _atomic_write(path, write) -> None:
-    """Call write(tmp_path), fsync, then rename over ``path``."""
-    path = Path(path)
-    if not path.parent.is_dir():
-        raise ValueError(f"cannot write {path}: folder {path.parent} does not exist")
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        write(tmp)
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    try:  # make the rename itself durable
-        fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    except OSError:
-        pass
-
-
 def save_json(path, obj) -> None:
     """Write ``obj`` as indented JSON, atomically (config.json, history.json)."""
     def write(tmp):
         with open(tmp, "w") as fh:
             json.dump(obj, fh, indent=1)
             fh.write("\n")
-    _atomic_write(path, write)
+    atomic_write(path, write)
 
 
 def _put_json(group, name: str, obj) -> None:
@@ -164,7 +140,7 @@ def save_checkpoint(path, model, solver=None, which: str = "last", data_info: di
                     _put_arrays(b.create_group("params"), state["best_params"])
                     _put_bn(b.create_group("bn"), state["best_bn"])
 
-    _atomic_write(path, write)
+    atomic_write(path, write)
 
 
 # ------------------------------------------------------------------- reading
@@ -632,27 +608,6 @@ def _read_checkpoint(f, path: Path, backend: str | None) -> Checkpoint:
     return Checkpoint(path, str(which), model, config, data_info, extra, history, state)
 
 
-def match_preprocessing(X, from_mean, from_std, to_mean, to_std):
-    """Re-express images preprocessed as (raw - from_mean) / from_std (per channel;
-    std None means 1) as (raw - to_mean) / to_std, so a model sees data exactly
-    as it was trained on, whatever split statistics the loader computed.
-
-    One affine map per channel, x * (from_std / to_std) + (from_mean - to_mean) / to_std,
-    computed in X's dtype: one output array, no float64 copies of the set."""
-    C = X.shape[1]
-    def col(v):
-        return np.ones(C) if v is None else np.asarray(v, dtype=np.float64).reshape(-1)
-    for name, v in (("from_mean", from_mean), ("from_std", from_std), ("to_mean", to_mean), ("to_std", to_std)):
-        if v is not None and np.asarray(v).size != C:
-            raise ValueError(f"{name} has {np.asarray(v).size} values but X has {C} channels")
-    scale = col(from_std) / col(to_std)
-    shift = (np.zeros(C) if from_mean is None else col(from_mean)) - (np.zeros(C) if to_mean is None else col(to_mean))
-    shift = shift / col(to_std)
-    out = X * scale.astype(X.dtype).reshape(1, C, 1, 1)
-    out += shift.astype(X.dtype).reshape(1, C, 1, 1)
-    return out
-
-
 # ------------------------------------------------------------ evaluation data
 SPLITS = ("train", "val", "test")
 
@@ -663,7 +618,7 @@ def load_split_for(ck: Checkpoint, split: str = "test", dataset: str | None = No
     checkpoint's training data), split as the training run split it (same num_val, num_train, seed).
     Returns (images, labels, class_names, source). Preprocess them with the checkpoint's own mean/std,
     batch by batch (``numbaconv.predict.evaluate``): the whole train split as float64 was ~7x the data."""
-    from .predict import raw_split
+    from .data import raw_split
 
     if split not in SPLITS:
         raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")

@@ -227,13 +227,14 @@ def export_onnx(checkpoint, path, input_type: str = "uint8") -> Path:
         import onnx
     except ImportError:
         raise ValueError("ONNX export needs the onnx package: pip install 'numbaconv[onnx]'") from None
-    from .checkpoint import Checkpoint, _atomic_write, load_checkpoint
+    from .checkpoint import Checkpoint, load_checkpoint
+    from .files import atomic_write
 
     ck = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint)
     proto = to_onnx(ck.model, ck.data_info, input_type)
     path = Path(path)
     try:
-        _atomic_write(path, lambda tmp: onnx.save_model(proto, str(tmp)))
+        atomic_write(path, lambda tmp: onnx.save_model(proto, str(tmp)))
     except OSError as e:
         raise ValueError(f"cannot write {path}: {e.strerror or e}") from None
     return path

@@ -153,6 +153,8 @@ def atomic_write(path: str | os.PathLike, write, check=None) -> Path:
     fsync the folder so the rename survives a power cut. On any exception the temporary is removed
     and ``path`` keeps its old content (or stays absent). Returns ``path``."""
     path = Path(path)
+    if not path.parent.is_dir():
+        raise ValueError(f"cannot write {path}: folder {path.parent} does not exist")
     tmp = temp_name(path)
     try:
         write(tmp)

@@ -26,13 +26,13 @@ def _figure(size):
 
 
 def _save(fig, path) -> Path:
-    from .checkpoint import _atomic_write
+    from .files import atomic_write
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     # No bbox_inches="tight": it would change the pixel size the callers rely on.
     # Written under a temporary name and renamed: an interrupted run leaves no half PNG.
-    _atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=DPI))
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=DPI))
     return path
 
 

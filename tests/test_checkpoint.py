@@ -6,7 +6,7 @@ import h5py
 import numpy as np
 import pytest
 
-from numbaconv.checkpoint import load_checkpoint, match_preprocessing, save_checkpoint, save_json
+from numbaconv.checkpoint import load_checkpoint, save_checkpoint, save_json
 from numbaconv.models import DeepConvNet, ThreeLayerConvNet
 from numbaconv.run import write_run_files
 from numbaconv.solver import Solver
@@ -147,13 +147,3 @@ def test_write_run_files_and_json(tmp_path, trained):
     assert json.loads((tmp_path / "c.json").read_text()) == {"a": [1, 2]}
 
 
-def test_match_preprocessing():
-    rng = np.random.default_rng(0)
-    raw = rng.uniform(0, 1, (4, 3, 2, 2))
-    m1, s1, m2, s2 = [0.5, 0.4, 0.3], [0.2, 0.3, 0.25], [0.45, 0.5, 0.2], None
-    x1 = ((raw - np.reshape(m1, (1, 3, 1, 1))) / np.reshape(s1, (1, 3, 1, 1))).astype(np.float32)
-    x2 = match_preprocessing(x1, m1, s1, m2, s2)
-    assert x2.dtype == np.float32
-    np.testing.assert_allclose(x2, raw - np.reshape(m2, (1, 3, 1, 1)), atol=1e-6)
-    with pytest.raises(ValueError, match="to_mean has 2 values but X has 3 channels"):
-        match_preprocessing(x1, m1, s1, [0.1, 0.2], None)

@@ -12,7 +12,8 @@ ort = pytest.importorskip("onnxruntime", reason="the exported graphs are run wit
 from numbaconv.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
 from numbaconv.export import EXPORTERS, export_onnx, to_onnx  # noqa: E402
 from numbaconv.models import MODELS, build_model  # noqa: E402
-from numbaconv.predict import predict, raw_split  # noqa: E402
+from numbaconv.data import raw_split  # noqa: E402
+from numbaconv.predict import predict  # noqa: E402
 from numbaconv.recipe import recipe_model_config  # noqa: E402
 from numbaconv_cli.main import app  # noqa: E402
 

@@ -9,7 +9,8 @@ from typer.testing import CliRunner
 from numbaconv.checkpoint import load_checkpoint, load_split_for, save_checkpoint
 from numbaconv.data import load_dataset, preprocess
 from numbaconv.models import DeepConvNet
-from numbaconv.predict import as_nchw, predict, raw_split, read_images
+from numbaconv.data import raw_split
+from numbaconv.predict import as_nchw, predict, read_images
 from numbaconv.solver import Solver
 from numbaconv_cli.main import app
 

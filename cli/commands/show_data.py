@@ -31,7 +31,7 @@ def show_data(
     import numpy as np
 
     from numbaconv.plots import plot_examples, plot_features
-    from numbaconv.predict import raw_split
+    from numbaconv.data import raw_split
 
     try:
         X, y, class_names, source = raw_split(dataset, split.value)

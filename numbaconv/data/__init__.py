@@ -22,7 +22,8 @@ from .store import DatasetError, describe_h5, read_h5
 from .synthetic import CLASS_NAMES as SYNTHETIC_CLASS_NAMES
 from .synthetic import synthetic_images, synthetic_test_images
 
-__all__ = ["Dataset", "DatasetError", "load_dataset", "preprocess", "synthetic_images", "data_home",
+__all__ = ["Dataset", "DatasetError", "RawSplits", "load_dataset", "load_raw", "raw_split", "preprocess",
+           "synthetic_images", "data_home",
            "dataset_path", "describe_dataset"]
 
 # The built-in synthetic set: training images when num_train is not given (the num_val validation
@@ -121,26 +122,25 @@ def describe_dataset(name_or_path: str = "synthetic", data_home: str | None = No
             "class_names": stored.class_names, "attrs": stored.attrs}
 
 
-def load_dataset(name_or_path: str = "synthetic", num_val: int = 1000, num_train: int | None = None,
-                 normalize_std: bool = False, dtype=np.float32, data_home: str | None = None,
-                 seed: int = 0) -> Dataset:
-    """Load and preprocess a dataset.
+@dataclass
+class RawSplits:
+    """A dataset's images as stored (uint8 (N, 3, H, W), int64 labels), split as ``load_dataset``
+    splits them; what evaluation and figures need without a float copy of the set."""
+    train: tuple[np.ndarray, np.ndarray]
+    val: tuple[np.ndarray, np.ndarray]
+    test: tuple[np.ndarray, np.ndarray] | None
+    class_names: list[str]
+    source: str  # "synthetic" or the file path
 
-    ``"synthetic"``: the built-in set, generated from ``seed`` (num_train + num_val training images,
-    num_train 4,000 by default, and 1,000 test images); ``seed`` is ignored for files. ``"cifar10"``: ``<data_home>/cifar10.h5`` as written by
-    ``numbaconv datasets cifar10``. Anything else: the path of an HDF5 file in our layout.
 
-    The last ``num_val`` training images become the validation split; ``num_train`` then keeps the first
-    ``num_train`` of the rest. The mean (and std) come from those training images only.
-    Sizes beyond the data (or, for synthetic, beyond ``SYNTHETIC_MAX_IMAGES``) raise ``ValueError``
-    before anything is allocated; a file's header is checked before its images are read.
-    """
+def load_raw(name_or_path: str = "synthetic", num_val: int = 1000, num_train: int | None = None,
+             data_home: str | None = None, seed: int = 0) -> RawSplits:
+    """The raw splits of a dataset (see ``load_dataset`` for names, sizes and the split rule).
+    Sizes beyond the data raise ``ValueError`` before anything is allocated; a file's header is
+    checked before its images are read."""
     num_val = _int_arg("num_val", num_val, 0)
     if num_train is not None:
         num_train = _int_arg("num_train", num_train, 1)
-    if np.dtype(dtype) not in (np.dtype(np.float32), np.dtype(np.float64)):
-        raise ValueError(f"dtype must be float32 or float64, got {np.dtype(dtype)}")
-
     if name_or_path == "synthetic":
         total = num_val + (num_train if num_train is not None else SYNTHETIC_NUM_TRAIN)
         if total > SYNTHETIC_MAX_IMAGES:
@@ -155,13 +155,50 @@ def load_dataset(name_or_path: str = "synthetic", num_val: int = 1000, num_train
         stored = read_h5(path)
         images, labels = stored.splits["train"]
         test = stored.splits.get("test")
-        class_names, source = stored.class_names, str(path)
-
+        class_names, source = list(stored.class_names), str(path)
+    labels = np.asarray(labels, dtype=np.int64)
     n = len(images)
     X_tr, y_tr = images[:n - num_val], labels[:n - num_val]
     if num_train is not None:
         X_tr, y_tr = X_tr[:num_train], y_tr[:num_train]
-    X_va, y_va = images[n - num_val:], labels[n - num_val:]
+    test = None if test is None else (test[0], np.asarray(test[1], dtype=np.int64))
+    return RawSplits((X_tr, y_tr), (images[n - num_val:], labels[n - num_val:]), test, class_names, source)
+
+
+def raw_split(name: str, split: str = "train", num_val: int = 0, num_train: int | None = None, seed: int = 0,
+              data_home=None):
+    """One raw split ("train", "val" or "test") of ``load_raw``: (images, labels, class_names, source).
+    A missing or empty split is a ValueError that says which."""
+    if split not in ("train", "val", "test"):
+        raise ValueError(f"split must be one of train, val, test, got {split!r}")
+    raw = load_raw(name, num_val, num_train, data_home, seed)
+    if split == "test" and raw.test is None:
+        raise ValueError(f"dataset {raw.source} has no test split (its source had none); use its train split")
+    X, y = {"train": raw.train, "val": raw.val, "test": raw.test}[split]
+    if X.shape[0] == 0:
+        raise ValueError(f"the {split} split of {raw.source} is empty")
+    return X, y, raw.class_names, raw.source
+
+
+def load_dataset(name_or_path: str = "synthetic", num_val: int = 1000, num_train: int | None = None,
+                 normalize_std: bool = False, dtype=np.float32, data_home: str | None = None,
+                 seed: int = 0) -> Dataset:
+    """Load and preprocess a dataset.
+
+    ``"synthetic"``: the built-in set, generated from ``seed`` (num_train + num_val training images,
+    num_train 4,000 by default, and 1,000 test images); ``seed`` is ignored for files. ``"cifar10"``: ``<data_home>/cifar10.h5`` as written by
+    ``numbaconv datasets cifar10``. Anything else: the path of an HDF5 file in our layout.
+
+    The last ``num_val`` training images become the validation split; ``num_train`` then keeps the first
+    ``num_train`` of the rest. The mean (and std) come from those training images only.
+    Sizes beyond the data (or, for synthetic, beyond ``SYNTHETIC_MAX_IMAGES``) raise ``ValueError``
+    before anything is allocated; a file's header is checked before its images are read.
+    """
+    if np.dtype(dtype) not in (np.dtype(np.float32), np.dtype(np.float64)):
+        raise ValueError(f"dtype must be float32 or float64, got {np.dtype(dtype)}")
+    raw = load_raw(name_or_path, num_val, num_train, data_home, seed)
+    (X_tr, y_tr), (X_va, y_va), test = raw.train, raw.val, raw.test
+    class_names, source = raw.class_names, raw.source
     mean, std = channel_stats(X_tr)
     std = std if normalize_std else None
     if std is not None and np.any(std == 0):
@@ -171,9 +208,9 @@ def load_dataset(name_or_path: str = "synthetic", num_val: int = 1000, num_train
         return preprocess(x, mean, std, dtype)
 
     return Dataset(
-        X_train=prep(X_tr), y_train=y_tr.astype(np.int64),
-        X_val=prep(X_va), y_val=y_va.astype(np.int64),
+        X_train=prep(X_tr), y_train=y_tr,
+        X_val=prep(X_va), y_val=y_va,
         X_test=prep(test[0]) if test is not None else None,
-        y_test=test[1].astype(np.int64) if test is not None else None,
+        y_test=test[1] if test is not None else None,
         class_names=class_names, mean=mean, std=std, source=source,
     )
