@@ -246,8 +246,8 @@ def describe_recipe(name: str) -> str:
                                                                   m.get("tta_shift", 0))) if on]
     return (f"{model}{''.join(', ' + e for e in extras)}, label smoothing {m['smoothing']:g}, {rule}, batch "
             f"{r['batch_size']}, peak lr {r['peak_lr']:g} with {r['warmup']:.0%} warm-up then {r['shape']} decay over "
-            f"--time-budget (meant for {r['time_budget']:g} s), augmentation: {' and '.join(aug) or 'none'}, "
-            f"test-time: {' and '.join(tta) or 'none'}; meant to be judged on {r['num_val']} validation images (--num-val)")
+            f"--time-budget (default {r['time_budget']:g} s), augmentation: {' and '.join(aug) or 'none'}, "
+            f"test-time: {' and '.join(tta) or 'none'}; judged on {r['num_val']} validation images (the --num-val default)")
 
 
 def _recipe(name: str) -> dict:

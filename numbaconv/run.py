@@ -36,6 +36,7 @@ DEFAULT_FILTERS = {"deep": [16, 32, 64], "three-layer": 32}
 DEFAULT_POOLS = [0, 1, 2]
 DTYPES = ("float32", "float64")
 NUM_TRAIN_SAMPLES = 1000   # train accuracy is checked on a random subset of this size
+DEFAULT_NUM_VAL = 1000     # validation images held out of train (the assignment's); recipes set their own
 RUN_FILES = ("config.json", "last.h5", "best.h5", "history.json", "curves.png")
 
 
@@ -163,7 +164,7 @@ _CHECKS: dict[str, Callable[[str, Any], Any]] = {
     "epochs": _optional(lambda label, v: _integer(label, v, 1)),
     "time_budget": _optional(lambda label, v: _number(label, v, lo=0.0, lo_open=True, what="a number of seconds")),
     "num_train": _optional(lambda label, v: _integer(label, v, 1)),
-    "num_val": lambda label, v: _integer(label, v, 1),
+    "num_val": _optional(lambda label, v: _integer(label, v, 1)),
     "normalize_std": _boolean,
     "dtype": lambda label, v: _choice(label, v, DTYPES),
     "backend": _optional(lambda label, v: _choice(label, v, _backends())),
@@ -194,7 +195,7 @@ class RunSpec:
     epochs: int | None = None
     time_budget: float | None = None          # seconds of training steps (with resume: the total)
     num_train: int | None = None
-    num_val: int = 1000
+    num_val: int | None = None                # None: 1000, or the recipe's own (RECIPES[name]["num_val"])
     normalize_std: bool = False
     dtype: str = "float32"
     backend: str | None = None                # None: cpu for a new run, the checkpoint's own on resume
@@ -247,15 +248,15 @@ class RunSpec:
                                  f"model, data and optimizer (only {names(['epochs', 'time_budget', 'backend'])}, "
                                  f"{label('threads')} and {label('out')} may change)")
             return self
-        if self.epochs is None and self.time_budget is None:
-            raise ValueError(f"give {label('epochs')} N or {label('time_budget')} SECONDS "
-                             f"(or both: whichever ends first)")
-        if self.recipe is not None:
+        if self.recipe is not None:   # without epochs or a budget, a recipe runs for its own budget
             clash = [k for k in SET_BY_RECIPE if k in given]
             if clash:
                 raise ValueError(f"{names(clash)} cannot be given with {label('recipe')} {self.recipe}: "
                                  f"the recipe sets them")
             return self
+        if self.epochs is None and self.time_budget is None:
+            raise ValueError(f"give {label('epochs')} N or {label('time_budget')} SECONDS "
+                             f"(or both: whichever ends first)")
         if self.model == "three-layer":
             if self.pools is not None or self.batchnorm:
                 raise ValueError(f"{label('pools')} and {label('batchnorm')} apply to {label('model')} deep only")
@@ -367,10 +368,11 @@ def _load_data(name, num_val, num_train, normalize_std, dtype, seed=0):
     return ds, {"X_train": ds.X_train, "y_train": ds.y_train, "X_val": ds.X_val, "y_val": ds.y_val}
 
 
-def _run_record(spec: RunSpec) -> dict:
-    """The spec without what is not part of the run itself (where it is written, how it started)."""
+def _run_record(spec: RunSpec, **effective) -> dict:
+    """The spec without what is not part of the run itself (where it is written, how it started),
+    with the values its defaults took (``effective``: e.g. a recipe's num_val and time budget)."""
     drop = {"out", "resume", "force"} | (set(SET_BY_RECIPE) if spec.recipe else set())
-    return {k: v for k, v in spec.to_dict().items() if k not in drop}
+    return {**{k: v for k, v in spec.to_dict().items() if k not in drop}, **effective}
 
 
 def _check_batch_size(batch_size: int, num_images: int) -> None:
@@ -389,7 +391,8 @@ def plan_fresh(spec: RunSpec) -> Plan:
     given = "batch_size" in spec.given()
     if given and spec.num_train is not None:   # known before loading: say so without reading any data
         _check_batch_size(spec.batch_size, spec.num_train)
-    ds, data = _load_data(spec.dataset, spec.num_val, spec.num_train, spec.normalize_std, spec.dtype)
+    num_val = DEFAULT_NUM_VAL if spec.num_val is None else spec.num_val
+    ds, data = _load_data(spec.dataset, num_val, spec.num_train, spec.normalize_std, spec.dtype)
     if given:
         _check_batch_size(spec.batch_size, ds.X_train.shape[0])
     batch_size = spec.batch_size if given else min(spec.batch_size, ds.X_train.shape[0])   # the default adapts
@@ -408,21 +411,26 @@ def plan_fresh(spec: RunSpec) -> Plan:
                     optim_config={} if spec.lr is None else {"learning_rate": spec.lr}, lr_decay=spec.lr_decay,
                     batch_size=batch_size, num_epochs=_num_epochs(spec.epochs), seed=spec.seed,
                     verbose=False, num_train_samples=NUM_TRAIN_SAMPLES)
-    info = data_info_for(ds, spec.dataset, spec.num_val, spec.num_train, spec.normalize_std, 0)
-    return Plan(spec, solver, ds, info, _run_record(spec), spec.epochs, spec.time_budget)
+    info = data_info_for(ds, spec.dataset, num_val, spec.num_train, spec.normalize_std, 0)
+    return Plan(spec, solver, ds, info, _run_record(spec, num_val=num_val), spec.epochs, spec.time_budget)
 
 
 def plan_recipe(spec: RunSpec) -> Plan:
-    """The recipe's model and Solver (numbaconv.recipe.recipe_solver) on the spec's data."""
-    from .recipe import recipe_solver
+    """The recipe's model and Solver (numbaconv.recipe.recipe_solver) on the spec's data; the
+    validation size and, when neither epochs nor a budget is given, the time budget are the
+    recipe's own unless the spec sets them."""
+    from .recipe import RECIPES, recipe_solver
 
-    ds, data = _load_data(spec.dataset, spec.num_val, spec.num_train, spec.normalize_std, spec.dtype)
-    _, solver = recipe_solver(spec.recipe, data, spec.time_budget, seed=spec.seed, backend=spec.backend or "cpu",
+    table = RECIPES[spec.recipe]
+    num_val = table["num_val"] if spec.num_val is None else spec.num_val
+    budget = table["time_budget"] if spec.epochs is None and spec.time_budget is None else spec.time_budget
+    ds, data = _load_data(spec.dataset, num_val, spec.num_train, spec.normalize_std, spec.dtype)
+    _, solver = recipe_solver(spec.recipe, data, budget, seed=spec.seed, backend=spec.backend or "cpu",
                               num_epochs=_num_epochs(spec.epochs), num_classes=len(ds.class_names),
                               model_overrides={"dtype": spec.dtype, "reg": spec.reg},
                               verbose=False, num_train_samples=NUM_TRAIN_SAMPLES)
-    info = data_info_for(ds, spec.dataset, spec.num_val, spec.num_train, spec.normalize_std, 0)
-    return Plan(spec, solver, ds, info, _run_record(spec), spec.epochs, spec.time_budget)
+    info = data_info_for(ds, spec.dataset, num_val, spec.num_train, spec.normalize_std, 0)
+    return Plan(spec, solver, ds, info, _run_record(spec, num_val=num_val, time_budget=budget), spec.epochs, budget)
 
 
 def _check_same_data(checkpoint, net, info: dict, ds) -> None:

@@ -161,3 +161,19 @@ def test_resume_keeps_the_checkpoints_backend_unless_one_is_given(tmp_path):
     moved = execute(RunSpec.from_dict({"out": str(tmp_path / "a"), "resume": str(last), "epochs": 2,
                                        "backend": "cpu", "force": True}))
     assert json.loads((Path(moved.run_dir) / "config.json").read_text())["run"]["backend"] == "cpu"
+
+
+@pytest.mark.parametrize("recipe", ["fast", "long"])
+def test_a_recipe_brings_its_validation_size_and_budget(recipe):
+    # `train --recipe long` is judged on the recipe's 5,000 validation images and, with neither
+    # --epochs nor --time-budget, runs for the recipe's own budget; both recorded in the run.
+    from numbaconv.recipe import RECIPES
+    from numbaconv.run import make_plan
+
+    plan = make_plan(spec_from_options({"out": "unused", "recipe": recipe, "num-train": 300}))
+    assert plan.time_budget == RECIPES[recipe]["time_budget"] and plan.epochs is None
+    assert plan.dataset.X_val.shape[0] == RECIPES[recipe]["num_val"]
+    assert plan.run["num_val"] == RECIPES[recipe]["num_val"] and plan.run["time_budget"] == plan.time_budget
+    given = make_plan(spec_from_options({"out": "unused", "recipe": recipe, "num-train": 300, "num-val": 50,
+                                         "epochs": 1}))
+    assert given.time_budget is None and given.epochs == 1 and given.dataset.X_val.shape[0] == 50

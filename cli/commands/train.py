@@ -116,7 +116,8 @@ def train(
                                              help="deep: spatial batch norm after each conv (default off)."),
     epochs: Optional[int] = typer.Option(None, help="Number of epochs."),
     time_budget: Optional[float] = typer.Option(None, help="Seconds of training steps (data loading and "
-                                                "accuracy checks excluded); with --resume, the total."),
+                                                "accuracy checks excluded); with --resume, the total; with --recipe "
+                                                "and no --epochs, the recipe's own by default."),
     optimizer: Optional[Optimizer] = typer.Option(None, help="Update rule (default adam)."),
     lr: Optional[float] = typer.Option(None, help="Learning rate (default: the rule's, 1e-3 for adam)."),
     lr_decay: Optional[float] = typer.Option(None, help="Learning rate factor per epoch (default 1.0)."),
@@ -125,7 +126,8 @@ def train(
     reg: Optional[float] = typer.Option(None, help="L2 strength: loss += reg * sum(W**2) (default 0)."),
     weight_scale: Optional[str] = typer.Option(None, help="Initial weight std, or 'kaiming' (default)."),
     num_train: Optional[int] = typer.Option(None, help="Use only the first N training images."),
-    num_val: Optional[int] = typer.Option(None, help="Validation images held out of train (default 1000)."),
+    num_val: Optional[int] = typer.Option(None, help="Validation images held out of train (default 1000; "
+                                          "with --recipe, the recipe's own)."),
     normalize_std: Optional[bool] = typer.Option(None, "--normalize-std/--no-normalize-std",
                                                  help="Also divide by the per-channel std (default off)."),
     dtype: Optional[DType] = typer.Option(None, help="Training precision (default float32)."),
