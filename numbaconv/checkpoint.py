@@ -313,6 +313,7 @@ def _param_count(config: dict) -> int | None:
         if cls.kind == "fast":
             k = n(c["whiten"] or 0)
             if k:
+                k *= 2 if c["whiten_neg"] else 1   # whiten_neg stores each filter and its negation
                 total, c_in = k * C * (9 if c["whiten_stride"] == 1 else 4) + k, k
             stem, repeat = n(c["stem"] or 0), n(c["convs_per_group"])
             for F in ([stem] if stem else []):

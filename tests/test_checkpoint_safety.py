@@ -192,6 +192,8 @@ def test_huge_declared_dataset_is_refused_unread(ck):
     FastNet(input_dims=(3, 8, 8), stem=4, widths=[5, 6], convs_per_group=3, backend="reference"),
     FastNet(input_dims=(3, 8, 8), stem=0, widths=[5], whiten=6, whiten_stride=1, backend="reference"),
     FastNet(input_dims=(3, 8, 8), stem=0, widths=[5, 7], whiten=12, whiten_stride=2, backend="reference"),
+    FastNet(input_dims=(3, 8, 8), stem=0, widths=[5, 7], whiten=4, whiten_stride=2, whiten_neg=True,
+            convs_per_group=2, backend="reference"),
 ], ids=lambda m: m.kind)
 def test_param_count_from_the_config_equals_the_built_model(model):
     assert _param_count(model.config()) == sum(a.size for a in model.params.values())
