@@ -129,9 +129,12 @@ def input_filters(model) -> list[tuple[str, np.ndarray]]:
     stem = np.asarray(p["whiten_W"], dtype=np.float64)
     eff = _through_stem(np.asarray(w, dtype=np.float64), stem, model.whiten_stride)
     size = eff.shape[2]
+    # whiten_neg: the stem's outputs s and -s pass a ReLU; W+ relu(s) + W- relu(-s) is
+    # (W+ - W-) s / 2 + (W+ + W-) |s| / 2, and the composition drawn is its linear part (x2).
+    part = " (linear part: the stem's ReLU is left out)" if getattr(model, "whiten_neg", False) else ""
     # stem[..., :2, :2]: the 2x2 filter itself (stride 2) or the 2x2 block of its 3x3 kernel (stride 1)
     return [(f"whitening stem: {stem.shape[0]} fixed 2x2 filters (not trained)", stem[:, :, :2, :2]),
-            (f"first trained conv through the stem: {eff.shape[0]} filters on {size}x{size} pixels", eff)]
+            (f"first trained conv through the stem{part}: {eff.shape[0]} filters on {size}x{size} pixels", eff)]
 
 
 def plot_filters(w, path, title: str | None = None, size=None) -> Path:

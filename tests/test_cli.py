@@ -357,3 +357,22 @@ def test_error_lines_are_plain_text_on_one_line(capsys):
         err_console.width = width
     assert isinstance(exit_, typer.Exit) and exit_.exit_code == 2
     assert capsys.readouterr().err == "error: bad key [grid] lr in /tmp/a[1]/spec.toml: give a list\n"
+
+
+def test_stem_projection_with_negated_stem_is_its_linear_part():
+    # whiten_neg: W+ relu(s) + W- relu(-s) has linear part (W+ - W-) s / 2; the panel draws
+    # (W+ - W-) through the stem's k filters, and says it leaves the ReLU out.
+    import numpy as np
+
+    from numbaconv.models import FastNet
+    from numbaconv.plots import _through_stem, input_filters
+
+    rng = np.random.default_rng(0)
+    m = FastNet(input_dims=(3, 12, 12), stem=0, widths=[4], whiten=3, whiten_stride=2, whiten_neg=True,
+                dtype=np.float64, backend="reference", seed=1)
+    m.fit_whitening(rng.standard_normal((20, 3, 12, 12)))
+    (_, stem), (label, eff) = input_filters(m)
+    assert stem.shape == (6, 3, 2, 2) and "linear part" in label
+    W, S = m.params["W1"], m.params["whiten_W"]
+    np.testing.assert_allclose(S[3:], -S[:3])
+    np.testing.assert_allclose(eff, _through_stem(W[:, :3] - W[:, 3:], S[:3], 2), rtol=1e-12, atol=1e-12)
