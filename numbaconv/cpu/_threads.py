@@ -99,11 +99,27 @@ def _libgomp_loaded() -> bool:
         return False
 
 
+def _preload_tbb() -> None:
+    """The ``tbb`` wheel puts libtbb.so.12 in the environment's lib/, which the dynamic loader
+    does not search: load it globally first, so numba's tbbpool (linked against it) imports."""
+    import ctypes
+    import sys
+
+    path = os.path.join(sys.prefix, "lib", "libtbb.so.12")
+    if os.path.exists(path):
+        try:
+            ctypes.CDLL(path, mode=ctypes.RTLD_GLOBAL)
+        except OSError:
+            pass
+
+
 def _layer_available(layer: str) -> bool:
     """numba's own test: its pool module for ``layer`` imports (tbbpool needs libtbb)."""
     import importlib
 
     module = {"tbb": "tbbpool", "omp": "omppool", "workqueue": "workqueue"}[layer]
+    if layer == "tbb":
+        _preload_tbb()
     try:
         importlib.import_module(f"numba.np.ufunc.{module}")
         return True

@@ -430,6 +430,17 @@ def _make_maxpool_forward(dt):
     return maxpool_forward
 
 
+@device_function
+def window_span(pos, p, stride, n_out):
+    # The pooling windows (first, last) that contain input position pos along one
+    # axis (windows of size p every stride, n_out of them): the dx gathers of max pool
+    # and of the fused BN-ReLU-pool walk these.
+    lo = 0
+    if pos >= p:
+        lo = (pos - p + stride) // stride
+    return lo, min(pos // stride, n_out - 1)
+
+
 @kernel("maxpool_backward", "AIAiiiiiiiii")
 def _make_maxpool_backward(dt):
     def maxpool_backward(dout, argmax, dx, N, C, H, W, ph, pw, stride, Ho, Wo):
@@ -441,14 +452,8 @@ def _make_maxpool_backward(dt):
             at = e - plane * H * W
             h = at // W
             wc = at - h * W
-            i_lo = 0
-            if h >= ph:
-                i_lo = (h - ph + stride) // stride
-            j_lo = 0
-            if wc >= pw:
-                j_lo = (wc - pw + stride) // stride
-            i_hi = min(h // stride, Ho - 1)
-            j_hi = min(wc // stride, Wo - 1)
+            i_lo, i_hi = window_span(h, ph, stride, Ho)
+            j_lo, j_hi = window_span(wc, pw, stride, Wo)
             acc = dt(0)
             for i in range(i_lo, i_hi + 1):
                 for j in range(j_lo, j_hi + 1):
@@ -745,14 +750,10 @@ def _make_bn_relu_pool_backward(dt):
             if pool:
                 h = at // W
                 wc = at - h * W
-                i_lo = 0
-                if h >= ph:
-                    i_lo = (h - ph + stride) // stride
-                j_lo = 0
-                if wc >= pw:
-                    j_lo = (wc - pw + stride) // stride
-                for i in range(i_lo, min(h // stride, Ho - 1) + 1):
-                    for j in range(j_lo, min(wc // stride, Wo - 1) + 1):
+                i_lo, i_hi = window_span(h, ph, stride, Ho)
+                j_lo, j_hi = window_span(wc, pw, stride, Wo)
+                for i in range(i_lo, i_hi + 1):
+                    for j in range(j_lo, j_hi + 1):
                         o = (plane * Ho + i) * Wo + j
                         if argmax[o] == at and not (out[o] <= dt(0)):
                             v += gi * dout[o]
