@@ -99,12 +99,12 @@ def main(argv=None) -> int:
     specs = a.candidates or [None]
     if len(specs) == 1 and specs[0] is not None:
         # before numbaconv.cpu is first imported: that import reads the variable, once per process
-        os.environ["NUMBACONV_THREAD_CANDIDATES"] = "" if specs[0] == "none" else specs[0]
+        os.environ["NUMBACONV_THREAD_CANDIDATES"] = specs[0]
     from numbaconv.cpu._threads import ENV, parse
 
     for spec in specs:
         try:
-            parse(None if spec == "none" else spec)
+            parse(spec)
         except ValueError as e:
             ap.error(str(e))
     results = []
@@ -116,7 +116,7 @@ def main(argv=None) -> int:
         with tempfile.TemporaryDirectory() as tmp:
             for i, spec in enumerate(specs):   # each in a process of its own: the settings are per process
                 out = os.path.join(tmp, f"{i}.json")
-                env = {**os.environ, ENV: "" if spec == "none" else spec}
+                env = {**os.environ, ENV: spec}
                 args = [sys.executable, __file__, "--dataset", a.dataset, "--seconds", str(a.seconds),
                         "--busy", str(a.busy), "--rounds", str(a.rounds), "--json", out]
                 args += ["--recipe", a.recipe] if a.recipe else []

@@ -1,5 +1,6 @@
-"""numbaconv.cpu._threads: the thread candidates of issue #12 are off by default, take effect only
-when named, say when they cannot, and leave results as they are (no timing here)."""
+"""numbaconv.cpu._threads: the thread candidates of issue #12: "passive" by default (measured, see
+_threads.DEFAULT), others only when named, "none" for numba's and libgomp's own defaults; they say
+when they cannot take effect and leave results as they are (no timing here)."""
 import json
 import os
 import subprocess
@@ -17,6 +18,8 @@ import numpy as np
 import numbaconv.cpu as cpu
 from numbaconv.cpu import _threads
 gomp_at_import = _threads._libgomp_loaded()
+import numba
+layer_at_import = numba.np.ufunc.parallel._is_initialized and numba.threading_layer()
 rng = np.random.default_rng(0)
 x = rng.standard_normal((8, 3, 16, 16))
 w = rng.standard_normal((4, 3, 3, 3))
@@ -24,13 +27,15 @@ out, cache = cpu.Conv.forward(x, w, np.zeros(4), {"stride": 1, "pad": 1})
 dx, dw, db = cpu.Conv.backward(out, cache)
 import numba
 print(json.dumps({"applied": _threads.applied(), "layer": numba.threading_layer(), "gomp_at_import": gomp_at_import,
+                  "layer_at_import": layer_at_import,
                   "omp_wait": os.environ.get("OMP_WAIT_POLICY"), "sums": [float(abs(a).sum()) for a in (out, dx, dw)],
                   "dw": dw.ravel()[:8].tolist()}))
 """
 
 
-def _probe(candidates: str | None):
-    env = {k: v for k, v in os.environ.items() if k != _threads.ENV}
+def _probe(candidates: str | None, **extra_env):
+    env = {k: v for k, v in os.environ.items() if k not in (_threads.ENV, *_threads.USER_WAIT_VARIABLES)}
+    env.update(extra_env)
     if candidates is not None:
         env[_threads.ENV] = candidates
     r = subprocess.run([sys.executable, "-c", PROBE], env=env, capture_output=True, text=True, timeout=300)
@@ -40,7 +45,8 @@ def _probe(candidates: str | None):
 
 def test_parse_names_the_choices():
     assert _threads.parse(" passive, free-cores ") == ["passive", "free-cores"]
-    assert _threads.parse(None) == [] and _threads.parse("") == []
+    assert _threads.parse(None) == _threads.parse("") == list(_threads.DEFAULT) == ["passive"]
+    assert _threads.parse("none") == []
     with pytest.raises(ValueError, match=r"unknown candidate 'turbo'; choose from passive, spin-10k, workqueue"):
         _threads.parse("passive,turbo")
 
@@ -51,25 +57,26 @@ def test_every_candidate_says_why_and_changes_something():
         assert c.env or c.layer or c.chunksize is not None or c.free_cores or c.blas_threads is not None, name
 
 
-def test_nothing_changes_by_default_and_results_do_not_depend_on_the_wait_policy_or_layer():
+def test_passive_by_default_scoped_to_numbas_libgomp_and_results_do_not_depend_on_it():
     default, _ = _probe(None)
-    assert default["applied"] == {"candidates": [], "notes": []} and default["omp_wait"] is None
-    passive, _ = _probe("passive")
-    # set before libgomp was loaded (numba loads it when its threads start), so libgomp reads it
-    assert passive["applied"]["candidates"] == ["passive"] and passive["omp_wait"] == "PASSIVE"
-    assert not passive["gomp_at_import"] and passive["applied"]["notes"] == []
+    assert default["applied"] == {"candidates": ["passive"], "notes": []}
+    # libgomp was loaded (numba's threads started) inside the import, with OMP_WAIT_POLICY set for
+    # that moment only: the environment is the user's again afterwards (no other OpenMP runtime
+    # or child process inherits it)
+    assert default["layer_at_import"] in ("omp", "tbb", "workqueue") and default["omp_wait"] is None
+    off, _ = _probe("none")
+    assert off["applied"] == {"candidates": [], "notes": []} and off["layer_at_import"] is False
+    mine, _ = _probe(None, OMP_WAIT_POLICY="ACTIVE")   # a user's own setting wins over the default
+    assert mine["applied"]["candidates"] == [] and mine["omp_wait"] == "ACTIVE"
     queue, _ = _probe("workqueue")
-    assert queue["layer"] == "workqueue" and default["layer"] in ("omp", "tbb", "workqueue")
+    assert queue["layer"] == "workqueue" and off["layer"] in ("omp", "tbb", "workqueue")
     # the same thread count gives the same numbers, bit for bit, whatever waits or hands out the work
-    assert default["sums"] == passive["sums"] == queue["sums"] and default["dw"] == queue["dw"]
+    assert default["sums"] == off["sums"] == queue["sums"] and default["dw"] == queue["dw"]
 
 
 def test_a_layer_that_cannot_load_is_a_note_not_a_crash():
-    try:
-        import numba.np.ufunc.tbbpool  # noqa: F401
+    if _threads._layer_available("tbb"):
         pytest.skip("the tbb layer loads here")
-    except ImportError:
-        pass
     res, _ = _probe("tbb")
     assert res["applied"]["notes"] == ["tbb: numba's tbb layer cannot load here (for tbb: pip install tbb); "
                                        "tbb not applied"]

@@ -12,7 +12,7 @@ use a backend's fused layer when it has one.
 """
 from ._threads import configure_from_environment
 
-configure_from_environment()   # before any kernel starts numba's threads (candidates of issue #12, off by default)
+configure_from_environment()   # before any kernel starts numba's threads: how idle threads wait (_threads.DEFAULT)
 
 from .batchnorm import BatchNorm, SpatialBatchNorm
 from .conv import Conv

@@ -21,12 +21,15 @@ Why a parallel region waits for a descheduled thread (read from numba 0.68 and l
 - BLAS. The kernels call OpenBLAS single-threaded (``_blas.blas_threads(1)``); OpenBLAS's own
   worker threads, once woken by a multi-threaded NumPy matmul, also spin before sleeping.
 
-Each candidate below is one row: what it changes, in which unit, and why it might help. None is the
-default: choose them for a measurement only, by name, comma-separated, in the environment variable
-``NUMBACONV_THREAD_CANDIDATES`` (read when ``numbaconv.cpu`` is imported, before numba starts its
-threads), e.g.::
+Each candidate below is one row: what it changes, in which unit, and why it might help. ``DEFAULT``
+("passive", chosen by measurement: see its comment) applies unless the user set libgomp's own
+``OMP_WAIT_POLICY``/``GOMP_SPINCOUNT``; libgomp reads them once, when it loads, so ``numbaconv.cpu``'s
+import starts numba's threads with the variable set and then puts the environment back (other OpenMP
+runtimes in the process, e.g. PyTorch's, and child processes keep the user's settings). Others are
+chosen by name, comma-separated, in ``NUMBACONV_THREAD_CANDIDATES`` (read at that import; ``none``:
+numba's and libgomp's own defaults), e.g.::
 
-    NUMBACONV_THREAD_CANDIDATES=passive .venv/bin/python benchmarks/busy_steps.py
+    NUMBACONV_THREAD_CANDIDATES=none .venv/bin/python benchmarks/busy_steps.py
     NUMBACONV_THREAD_CANDIDATES=tbb,free-cores .venv/bin/python benchmarks/busy_steps.py
 
 ``applied()`` says what took effect (``numbaconv bench`` and ``busy_steps.py`` print it).
@@ -87,6 +90,15 @@ CANDIDATES = {
         blas_threads=1),
 }
 
+# What applies when NUMBACONV_THREAD_CANDIDATES is unset. Measured (benchmarks/RESULTS.md, "Busy
+# machine"; benchmarks/busy_steps.py, 2 cores, one kept busy by another process, 2 rounds): libgomp's
+# default spinning gave 79.5 training steps in 12 s against 108 on one thread (0.74x); "passive" gave
+# 103 against 101.5 (1.01x), with the quiet machine unchanged (176.5 vs 178.5 steps, within the
+# rounds' spread). "free-cores" did a little better busy but costs ~5% quiet and repeatability.
+DEFAULT = ("passive",)
+# A user's own libgomp wait settings win over the default.
+USER_WAIT_VARIABLES = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
+
 _applied: dict = {"candidates": [], "notes": [], "configured": False}
 _free_cores = False
 
@@ -128,12 +140,17 @@ def _layer_available(layer: str) -> bool:
 
 
 def parse(spec: str | None) -> list[str]:
-    """Candidate names from a comma-separated ``spec``; an unknown name is a ValueError naming the choices."""
-    names = [s.strip() for s in (spec or "").split(",") if s.strip()]
+    """Candidate names from a comma-separated ``spec`` (None or "": the DEFAULT; "none": none at all);
+    an unknown name is a ValueError naming the choices."""
+    if spec is None or not spec.strip():
+        return list(DEFAULT)
+    if spec.strip() == "none":
+        return []
+    names = [s.strip() for s in spec.split(",") if s.strip()]
     for n in names:
         if n not in CANDIDATES:
             raise ValueError(f"{ENV}: unknown candidate {n!r}; choose from {', '.join(CANDIDATES)} "
-                             f"(comma-separated) or leave it unset")
+                             f"(comma-separated), 'none', or leave it unset (the default: {', '.join(DEFAULT)})")
     return names
 
 
@@ -147,17 +164,22 @@ def configure(spec: str | None = None) -> dict:
     if spec is None and _applied["configured"]:
         return applied()
     _applied["configured"] = True
-    names = parse(os.environ.get(ENV) if spec is None else spec)
+    chosen = os.environ.get(ENV) if spec is None else spec
+    names = parse(chosen)
+    if not (chosen or "").strip() and any(k in os.environ for k in USER_WAIT_VARIABLES):
+        names = []   # the default yields to the user's own libgomp settings
     if not names:
         return applied()
     started = parallel._is_initialized
     gomp = _libgomp_loaded()
     notes = []
+    saved_env = {}
     for name in names:
         c = CANDIDATES[name]
         for k, v in c.env.items():
             if k.startswith(("OMP_", "GOMP_")) and gomp:
                 notes.append(f"{name}: libgomp already loaded, {k} has no effect")
+            saved_env.setdefault(k, os.environ.get(k))
             os.environ[k] = v
         if c.layer is not None:
             if not _layer_available(c.layer):
@@ -174,6 +196,16 @@ def configure(spec: str | None = None) -> dict:
             for lib in _blas_controllers():
                 lib.set_num_threads(c.blas_threads)
         _free_cores = _free_cores or c.free_cores
+    if saved_env and not started:
+        # libgomp reads its variables once, when it loads: start numba's threads (which loads it)
+        # and put the environment back, so other OpenMP runtimes loaded later in this process
+        # (PyTorch's own libgomp, say) and child processes keep the user's settings.
+        numba.get_num_threads()
+        for k, v in saved_env.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
     for name in names:   # after the layer is chosen: set_parallel_chunksize starts the threads
         if CANDIDATES[name].chunksize is not None and not any(n.startswith(name + ":") for n in notes):
             try:
