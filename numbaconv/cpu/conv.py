@@ -19,7 +19,7 @@ import numpy as np
 from numba import njit, prange
 
 from ..checks import check_dout, conv_geometry
-from . import _gemm
+from . import _gemm, winograd
 from ._blas import blas_threads, kernel_threads, matmul
 from ._gemm import gemm
 
@@ -180,6 +180,11 @@ def _backward_fallback(x, w2, dout, g, dx):
     return dw2, dout2.sum(axis=1)
 
 
+def _chunks(N):
+    """Chunks of images for one kernel call: one per thread, at most N."""
+    return max(1, min(numba.get_num_threads(), N))
+
+
 class Conv:
     @staticmethod
     def forward(x, w, b, conv_param):
@@ -189,24 +194,33 @@ class Conv:
         w2 = np.ascontiguousarray(w).reshape(g.F, -1)
         b = np.ascontiguousarray(b)
         out = np.empty((g.N, g.F, g.H_out, g.W_out), dtype=x.dtype)
+        U = None   # Winograd's transformed weights, when that path runs
         with kernel_threads(out.size * w2.shape[1]):
             if _gemm.AVAILABLE:
                 with blas_threads(1):  # Numba's threads each run their own GEMM
-                    _forward(x, w2, b, g.HH, g.WW, g.stride, g.pad, out)
+                    if winograd.usable(g.C, g.HH, g.WW, g.stride):
+                        U = winograd.forward(x, w, b, g.pad, g.H_out, g.W_out, _chunks(g.N),
+                                             out.reshape(g.N, g.F, -1))
+                    else:
+                        _forward(x, w2, b, g.HH, g.WW, g.stride, g.pad, out)
             else:
                 _forward_fallback(x, w2, b, g, out)
-        return out, (x, w2, tuple(w.shape), g)
+        return out, (x, w2, tuple(w.shape), g, U)
 
     @staticmethod
     def backward(dout, cache):
         """Returns (dx, dw, db)."""
-        x, w2, w_shape, g = cache
+        x, w2, w_shape, g, U = cache
         check_dout(dout, (g.N, g.F, g.H_out, g.W_out), x.dtype, "Conv")
         dout = np.ascontiguousarray(dout)
         dx = np.empty_like(x)
         with kernel_threads(dout.size * w2.shape[1]):
+            if U is not None:
+                with blas_threads(1):
+                    dw, db = winograd.backward(x, U, dout.reshape(g.N, g.F, -1), g.pad, _chunks(g.N), True, dx)
+                return dx, dw, db
             if _gemm.AVAILABLE:
-                T = max(1, min(numba.get_num_threads(), g.N))
+                T = _chunks(g.N)
                 dw_part = np.empty((T, g.F, w2.shape[1]), dtype=x.dtype)
                 db_part = np.empty((T, g.F), dtype=x.dtype)
                 with blas_threads(1):

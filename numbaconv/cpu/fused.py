@@ -32,7 +32,7 @@ import numpy as np
 from numba import njit, prange
 
 from ..checks import batchnorm_params, check_dout, conv_geometry, pool_geometry
-from . import _gemm
+from . import _gemm, winograd
 from ._blas import blas_threads, kernel_threads
 from .batchnorm import _running_stats
 from .conv import _backward_image, _forward_image
@@ -60,6 +60,34 @@ def _chunks(N):
     return max(1, min(numba.get_num_threads(), N))
 
 
+@njit(cache=True)
+def _plane_stats(on, n, pmean, pm2):
+    # pmean[n, f], pm2[n, f]: mean and sum of squared deviations of each plane on[f]
+    F, P = on.shape
+    for f in range(F):
+        m = _sum(on[f], 0.0)[0] / P
+        pmean[n, f] = m
+        pm2[n, f] = _sum(on[f], m)[1]
+
+
+@njit(parallel=True, cache=True)
+def _wino_stats_forward(x, U, b, pad, H_out, W_out, B, T, a, pmean, pm2):
+    # _conv_stats_forward's results by Winograd (winograd.forward_block), B images at a time
+    N, C = x.shape[0], x.shape[1]
+    F = U.shape[1]
+    th, tw = (H_out + 1) // 2, (W_out + 1) // 2
+    for t in prange(T):
+        V = np.empty((C, 16, B * th * tw), dtype=x.dtype)
+        M = np.empty((F, 16, B * th * tw), dtype=x.dtype)
+        xpad = np.zeros((C, 2 * th + 2, 2 * tw + 2), dtype=x.dtype)
+        end = (t + 1) * N // T
+        for n0 in range(t * N // T, end, B):
+            n1 = min(n0 + B, end)
+            winograd.forward_block(x, n0, n1, U, b, pad, H_out, W_out, a, V, M, xpad)
+            for n in range(n0, n1):
+                _plane_stats(a[n], n, pmean, pm2)
+
+
 @njit(parallel=True, cache=True)
 def _conv_stats_forward(x, w2, b, HH, WW, stride, pad, H_out, W_out, T, a, pmean, pm2):
     # a[n] (F, P) = conv(x[n]); pmean[n, f], pm2[n, f]: mean and sum of squared deviations of a[n, f].
@@ -73,10 +101,7 @@ def _conv_stats_forward(x, w2, b, HH, WW, stride, pad, H_out, W_out, T, a, pmean
         for n in range(t * N // T, (t + 1) * N // T):
             on = a[n]
             _forward_image(x[n], w2, b, HH, WW, stride, pad, H_out, W_out, on, cols, xpad)
-            for f in range(F):
-                m = _sum(on[f], 0.0)[0] / P
-                pmean[n, f] = m
-                pm2[n, f] = _sum(on[f], m)[1]
+            _plane_stats(on, n, pmean, pm2)
 
 
 @njit(parallel=True, cache=True)
@@ -158,16 +183,69 @@ def _bn_grad_sums(dout, out, hm, a, mean, std, pool, sb_out, sg_out):
         sg_out[c] = sg
 
 
+@njit(cache=True)
+def _bn_dout(n, a, mean, std, gamma, train, ga, gb, dout, out, arg, pool, dn):
+    # dn (F, P): the gradient at image n's conv output (batch norm's closed-form backward
+    # through ReLU [and the pool]): -ga - xhat * gb everywhere (train mode), plus
+    # gamma/std * dout where it passed
+    F, P = dn.shape
+    Q = dout.shape[2]
+    for f in range(F):
+        mu = mean[f]
+        inv = 1.0 / std[f]
+        gi = np.float64(gamma[f]) * inv
+        an = a[n, f]
+        row = dn[f]
+        if train:
+            for p in range(P):
+                row[p] = -ga[f] - ((an[p] - mu) * inv) * gb[f]
+        else:   # the statistics are constants: no such term (so an infinite xhat gives no 0 * inf)
+            row[:] = 0.0
+        do = dout[n, f]
+        on = out[n, f]
+        if pool:   # adding 0 where ReLU blocked: no branch to mispredict
+            at = arg[n, f]
+            for q in range(Q):
+                row[at[q]] = row[at[q]] + (0.0 if on[q] <= 0 else gi * np.float64(do[q]))
+        else:
+            for q in range(Q):
+                row[q] = row[q] + (0.0 if on[q] <= 0 else gi * np.float64(do[q]))
+
+
+@njit(parallel=True, cache=True)
+def _wino_bn_backward(x, U, pad, B, a, mean, std, gamma, train, ga, gb, dout, out, arg, pool, need_dx, dx,
+                      dU_part, db_part):
+    # _bn_conv_backward by Winograd (winograd.backward_block), B images at a time
+    N, C = x.shape[0], x.shape[1]
+    F, P = a.shape[1], a.shape[2]
+    H_out, W_out = x.shape[2] + 2 * pad - 2, x.shape[3] + 2 * pad - 2
+    th, tw = (H_out + 1) // 2, (W_out + 1) // 2
+    T = dU_part.shape[0]
+    for t in prange(T):  # chunk t owns dU_part[t], db_part[t] and dx of its images
+        V = np.empty((C, 16, B * th * tw), dtype=x.dtype)
+        M = np.empty((F, 16, B * th * tw), dtype=x.dtype)
+        xpad = np.zeros((C, 2 * th + 2, 2 * tw + 2), dtype=x.dtype)
+        dxpad = np.empty((C, 2 * th + 2, 2 * tw + 2), dtype=x.dtype)
+        dn = np.empty((B, F, P), dtype=x.dtype)
+        dU_part[t] = 0
+        db_part[t] = 0
+        end = (t + 1) * N // T
+        for n0 in range(t * N // T, end, B):
+            n1 = min(n0 + B, end)
+            for n in range(n0, n1):
+                _bn_dout(n, a, mean, std, gamma, train, ga, gb, dout, out, arg, pool, dn[n - n0])
+            winograd.backward_block(x[n0:n1], 0, n1 - n0, U, dn, pad, H_out, W_out, need_dx,
+                                    dx[n0:n1], dU_part[t], db_part[t], V, M, xpad, dxpad)
+
+
 @njit(parallel=True, cache=True)
 def _bn_conv_backward(x, w2, HH, WW, stride, pad, HWo, a, mean, std, gamma, train, ga, gb, dout, out, arg, pool,
                       need_dx, dx, dw_part, db_part):
-    # per image: da = -ga - xhat * gb everywhere (train mode; batch norm's closed-form
-    # backward), plus gamma/std * dan where dan is nonzero, then conv's backward
+    # per image: the gradient at the conv's output (_bn_dout), then conv's backward
     # a, dout, out, arg flattened to (N, C, P or Q) by the caller
     N, F, P = a.shape
     H_out, W_out = HWo
     C, H, W = x.shape[1], x.shape[2], x.shape[3]
-    Q = dout.shape[2]
     T = dw_part.shape[0]
     for t in prange(T):  # chunk t owns dw_part[t], db_part[t] and dx of its images
         cols = np.empty((w2.shape[1], P), dtype=x.dtype)
@@ -178,26 +256,7 @@ def _bn_conv_backward(x, w2, HH, WW, stride, pad, HWo, a, mean, std, gamma, trai
         dw_part[t] = 0
         db_part[t] = 0
         for n in range(t * N // T, (t + 1) * N // T):
-            for f in range(F):
-                mu = mean[f]
-                inv = 1.0 / std[f]
-                gi = np.float64(gamma[f]) * inv
-                an = a[n, f]
-                row = dn[f]
-                if train:
-                    for p in range(P):
-                        row[p] = -ga[f] - ((an[p] - mu) * inv) * gb[f]
-                else:   # the statistics are constants: no such term (so an infinite xhat gives no 0 * inf)
-                    row[:] = 0.0
-                do = dout[n, f]
-                on = out[n, f]
-                if pool:   # adding 0 where ReLU blocked: no branch to mispredict
-                    at = arg[n, f]
-                    for q in range(Q):
-                        row[at[q]] = row[at[q]] + (0.0 if on[q] <= 0 else gi * np.float64(do[q]))
-                else:
-                    for q in range(Q):
-                        row[q] = row[q] + (0.0 if on[q] <= 0 else gi * np.float64(do[q]))
+            _bn_dout(n, a, mean, std, gamma, train, ga, gb, dout, out, arg, pool, dn)
             _backward_image(x[n], w2, dn, HH, WW, stride, pad, H_out, W_out, need_dx, dx[n],
                             dw_part[t], db_part[t], cols, dcols, xpad, dxpad)
 
@@ -222,9 +281,15 @@ def _forward(x, w, b, gamma, beta, conv_param, bn_param, pool_param):
     M = a.size // C
     pmean = np.empty((N, C))
     pm2 = np.empty((N, C))
+    U = None   # Winograd's transformed weights, when that path runs
     with kernel_threads(a.size * w2.shape[1]), blas_threads(1):
-        _conv_stats_forward(x, w2, np.ascontiguousarray(b), cg.HH, cg.WW, cg.stride, cg.pad, cg.H_out, cg.W_out,
-                            _chunks(N), _flat(a), pmean, pm2)
+        if winograd.usable(cg.C, cg.HH, cg.WW, cg.stride):
+            U = winograd.transform_weights(w, x.dtype)
+            _wino_stats_forward(x, U, np.ascontiguousarray(b), cg.pad, cg.H_out, cg.W_out,
+                                winograd.block_images(cg.H_out, cg.W_out, N), _chunks(N), _flat(a), pmean, pm2)
+        else:
+            _conv_stats_forward(x, w2, np.ascontiguousarray(b), cg.HH, cg.WW, cg.stride, cg.pad, cg.H_out,
+                                cg.W_out, _chunks(N), _flat(a), pmean, pm2)
     running_mean, running_var = _running_stats(bn_param, C, a.dtype)
     train = mode == "train"
     if train:  # Chan et al.: per-image (mean, M2) pairs combined in a fixed order
@@ -245,11 +310,11 @@ def _forward(x, w, b, gamma, beta, conv_param, bn_param, pool_param):
     if train:  # the same update as SpatialBatchNorm's
         bn_param["running_mean"] = (momentum * running_mean + (1 - momentum) * mean).astype(a.dtype)
         bn_param["running_var"] = (momentum * running_var + (1 - momentum) * var).astype(a.dtype)
-    return out, (x, w2, tuple(w.shape), cg, a, train, pool, out, arg, hm, mean_f, std, gamma)
+    return out, (x, w2, tuple(w.shape), cg, a, train, pool, out, arg, hm, mean_f, std, gamma, U)
 
 
 def _backward(dout, cache, layer, need_dx):
-    x, w2, w_shape, cg, a, train, pool, out, arg, hm, mean, std, gamma = cache
+    x, w2, w_shape, cg, a, train, pool, out, arg, hm, mean, std, gamma, U = cache
     check_dout(dout, out.shape, a.dtype, layer)
     dout = np.ascontiguousarray(dout)
     C = a.shape[1]
@@ -266,12 +331,20 @@ def _backward(dout, cache, layer, need_dx):
     dx = np.empty(x.shape if need_dx else (x.shape[0], 0, 0, 0), dtype=x.dtype)
     with kernel_threads(a.size * w2.shape[1]), blas_threads(1):
         T = _chunks(x.shape[0])
-        dw_part = np.empty((T,) + w2.shape, dtype=x.dtype)
         db_part = np.empty((T, w2.shape[0]), dtype=x.dtype)
-        _bn_conv_backward(x, w2, cg.HH, cg.WW, cg.stride, cg.pad, (cg.H_out, cg.W_out), _flat(a), mean, std, gamma,
-                          train, ga, gb, _flat(dout), _flat(out), _flat(arg), pool, need_dx, dx, dw_part, db_part)
-    return ((dx if need_dx else None), dw_part.sum(axis=0).reshape(w_shape), db_part.sum(axis=0),
-            sg.astype(a.dtype), sb.astype(a.dtype))
+        if U is not None:
+            dU_part = np.empty((T,) + U.shape, dtype=x.dtype)
+            _wino_bn_backward(x, U, cg.pad, winograd.block_images(cg.H_out, cg.W_out, x.shape[0]), _flat(a), mean,
+                              std, gamma, train, ga, gb, _flat(dout), _flat(out), _flat(arg), pool, need_dx, dx,
+                              dU_part, db_part)
+            dw = winograd.weights_grad(dU_part.sum(axis=0)).astype(x.dtype)
+        else:
+            dw_part = np.empty((T,) + w2.shape, dtype=x.dtype)
+            _bn_conv_backward(x, w2, cg.HH, cg.WW, cg.stride, cg.pad, (cg.H_out, cg.W_out), _flat(a), mean, std,
+                              gamma, train, ga, gb, _flat(dout), _flat(out), _flat(arg), pool, need_dx, dx, dw_part,
+                              db_part)
+            dw = dw_part.sum(axis=0).reshape(w_shape)
+    return ((dx if need_dx else None), dw, db_part.sum(axis=0), sg.astype(a.dtype), sb.astype(a.dtype))
 
 
 def _sandwich(name):

@@ -1,0 +1,368 @@
+"""Winograd F(2x2, 3x3) convolution for 3x3 stride-1 layers: forward, dx and dw.
+
+Each 2x2 output tile is computed from a 4x4 input tile as ``Y = A^T [(G w G^T) * (B^T d B)] A``
+(Lavin & Gray 2016): 16 products per tile and channel pair instead of 36 (2.25x fewer). Over a
+block of images the products are 16 GEMMs, one per position xi of the 4x4 transformed tile:
+``M[xi] (F, tiles) = U[xi] (F, C) @ V[xi] (C, tiles)``, with U the transformed weights and V the
+transformed input tiles (``tiles`` = every tile of the block's images, so each GEMM is wide
+enough to run near the BLAS's speed even on 4x4 maps).
+
+Backward stays in the transformed domain (every step below is the exact adjoint of one of
+forward's, so the results are the gradients of the function forward computes):
+``dM = A dY A^T`` per tile, then ``dU[xi] += dM[xi] @ V[xi]^T`` (dw = G^T dU G) and
+``dV[xi] = U[xi]^T @ dM[xi]``, whose tiles are added back onto the (overlapping) input
+positions (``B dV B^T``). dw and dx thus share one input transform and one dout transform, and
+all three products have 2.25x fewer multiplies than im2col's.
+
+Work is split like ``conv``'s: one contiguous chunk of images per thread, each with its own
+scratch, partial dU and db summed in chunk order, so results repeat exactly for a fixed thread
+count. ``usable`` says which layers take this path (measured: see benchmarks/RESULTS.md).
+"""
+import numpy as np
+from numba import njit, prange
+
+from ._gemm import gemm
+
+# F(2x2, 3x3) weight transform: U = G w G^T
+G = np.array([[1.0, 0.0, 0.0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0.0, 0.0, 1.0]])
+# Below this many input channels the GEMMs' inner dimension is too short for the transforms to pay
+# (conv 3->32: im2col's K is 27 against Winograd's 3).
+MIN_CHANNELS = 16
+# Tile columns per GEMM: images are grouped into blocks of at least this many tiles
+BLOCK_TILES = 128
+
+
+def usable(C, HH, WW, stride):
+    """True for the layers this path computes (3x3, stride 1, enough input channels)."""
+    return HH == 3 and WW == 3 and stride == 1 and C >= MIN_CHANNELS
+
+
+def tiles(H_out, W_out):
+    """Tile rows and columns covering an H_out x W_out map."""
+    return (H_out + 1) // 2, (W_out + 1) // 2
+
+
+def block_images(H_out, W_out, N):
+    """Images per block: enough for BLOCK_TILES tile columns, at most N."""
+    th, tw = tiles(H_out, W_out)
+    return max(1, min(N, -(-BLOCK_TILES // (th * tw))))
+
+
+def transform_weights(w, dtype):
+    """w (F, C, 3, 3) -> U (16, F, C) in ``dtype`` (computed in float64)."""
+    F, C = w.shape[:2]
+    U = np.einsum("ak,fckl,bl->abfc", G, w.astype(np.float64), G, optimize=True)
+    return np.ascontiguousarray(U.reshape(16, F, C), dtype=dtype)
+
+
+def weights_grad(dU):
+    """The adjoint of transform_weights: dU (16, F, C) -> dw (F, C, 3, 3)."""
+    _, F, C = dU.shape
+    return np.einsum("ak,abfc,bl->fckl", G, dU.reshape(4, 4, F, C).astype(np.float64), G, optimize=True)
+
+
+@njit(cache=True)
+def _in_transform(xn, pad, th, tw, xpad, V, col0):
+    # V[:, c, col0 + i*tw + j] = B^T d B for the 4x4 tile d at (2i, 2j) of the padded image.
+    # xpad (C, 2th+2, 2tw+2) is zero outside the image; only the image is copied in
+    C, H, W = xn.shape
+    for c in range(C):
+        for y in range(H):
+            dst = xpad[c, y + pad]
+            src = xn[c, y]
+            for x in range(W):
+                dst[x + pad] = src[x]
+    for c in range(C):
+        xc = xpad[c]
+        for i in range(th):
+            r0 = xc[2 * i]
+            r1 = xc[2 * i + 1]
+            r2 = xc[2 * i + 2]
+            r3 = xc[2 * i + 3]
+            base = col0 + i * tw
+            for j in range(tw):
+                q = 2 * j
+                # rows: B^T d
+                a0 = r0[q] - r2[q]
+                a1 = r0[q + 1] - r2[q + 1]
+                a2 = r0[q + 2] - r2[q + 2]
+                a3 = r0[q + 3] - r2[q + 3]
+                b0 = r1[q] + r2[q]
+                b1 = r1[q + 1] + r2[q + 1]
+                b2 = r1[q + 2] + r2[q + 2]
+                b3 = r1[q + 3] + r2[q + 3]
+                c0 = r2[q] - r1[q]
+                c1 = r2[q + 1] - r1[q + 1]
+                c2 = r2[q + 2] - r1[q + 2]
+                c3 = r2[q + 3] - r1[q + 3]
+                d0 = r1[q] - r3[q]
+                d1 = r1[q + 1] - r3[q + 1]
+                d2 = r1[q + 2] - r3[q + 2]
+                d3 = r1[q + 3] - r3[q + 3]
+                k = base + j
+                # columns: (.) B
+                V[c, 0, k] = a0 - a2
+                V[c, 1, k] = a1 + a2
+                V[c, 2, k] = a2 - a1
+                V[c, 3, k] = a1 - a3
+                V[c, 4, k] = b0 - b2
+                V[c, 5, k] = b1 + b2
+                V[c, 6, k] = b2 - b1
+                V[c, 7, k] = b1 - b3
+                V[c, 8, k] = c0 - c2
+                V[c, 9, k] = c1 + c2
+                V[c, 10, k] = c2 - c1
+                V[c, 11, k] = c1 - c3
+                V[c, 12, k] = d0 - d2
+                V[c, 13, k] = d1 + d2
+                V[c, 14, k] = d2 - d1
+                V[c, 15, k] = d1 - d3
+
+
+@njit(cache=True)
+def _in_transform_adjoint(dV, col0, th, tw, pad, dxpad, dxn):
+    # dxn (C, H, W) = the sum of B dV B^T over the tiles covering each input position
+    # (the adjoint of _in_transform); dxpad (C, 2th+2, 2tw+2) is scratch
+    C, H, W = dxn.shape
+    dxpad[:] = 0
+    for c in range(C):
+        xc = dxpad[c]
+        for i in range(th):
+            r0 = xc[2 * i]
+            r1 = xc[2 * i + 1]
+            r2 = xc[2 * i + 2]
+            r3 = xc[2 * i + 3]
+            base = col0 + i * tw
+            for j in range(tw):
+                k = base + j
+                q = 2 * j
+                # rows of dV, each through (.) B^T's adjoint: [e0, e1 - e2 + e3, -e0 + e1 + e2, -e3]
+                e0, e1, e2, e3 = dV[c, 0, k], dV[c, 1, k], dV[c, 2, k], dV[c, 3, k]
+                a0, a1, a2, a3 = e0, e1 - e2 + e3, e1 + e2 - e0, -e3
+                e0, e1, e2, e3 = dV[c, 4, k], dV[c, 5, k], dV[c, 6, k], dV[c, 7, k]
+                b0, b1, b2, b3 = e0, e1 - e2 + e3, e1 + e2 - e0, -e3
+                e0, e1, e2, e3 = dV[c, 8, k], dV[c, 9, k], dV[c, 10, k], dV[c, 11, k]
+                c0, c1, c2, c3 = e0, e1 - e2 + e3, e1 + e2 - e0, -e3
+                e0, e1, e2, e3 = dV[c, 12, k], dV[c, 13, k], dV[c, 14, k], dV[c, 15, k]
+                d0, d1, d2, d3 = e0, e1 - e2 + e3, e1 + e2 - e0, -e3
+                # then down the columns the same way: row 0 gets a, 1 gets b - c + d, 2 gets b + c - a, 3 gets -d
+                r0[q] += a0
+                r0[q + 1] += a1
+                r0[q + 2] += a2
+                r0[q + 3] += a3
+                r1[q] += b0 - c0 + d0
+                r1[q + 1] += b1 - c1 + d1
+                r1[q + 2] += b2 - c2 + d2
+                r1[q + 3] += b3 - c3 + d3
+                r2[q] += b0 + c0 - a0
+                r2[q + 1] += b1 + c1 - a1
+                r2[q + 2] += b2 + c2 - a2
+                r2[q + 3] += b3 + c3 - a3
+                r3[q] -= d0
+                r3[q + 1] -= d1
+                r3[q + 2] -= d2
+                r3[q + 3] -= d3
+    for c in range(C):
+        for y in range(H):
+            src = dxpad[c, y + pad]
+            dst = dxn[c, y]
+            for x in range(W):
+                dst[x] = src[x + pad]
+
+
+@njit(cache=True)
+def _out_tile(M, f, k, bf, o, p, W_out, two_rows, two_cols):
+    # o[p], o[p + 1], o[p + W_out], o[p + W_out + 1] = A^T m A + bf for the tile m = M[f, :, k],
+    # the second row/column only where the map has it
+    m = M[f]
+    # A^T m: row 0 = m0 + m1 + m2 (rows of m), row 1 = m1 - m2 - m3; then the same on columns
+    t0 = m[0, k] + m[4, k] + m[8, k]
+    t1 = m[1, k] + m[5, k] + m[9, k]
+    t2 = m[2, k] + m[6, k] + m[10, k]
+    t3 = m[3, k] + m[7, k] + m[11, k]
+    s0 = m[4, k] - m[8, k] - m[12, k]
+    s1 = m[5, k] - m[9, k] - m[13, k]
+    s2 = m[6, k] - m[10, k] - m[14, k]
+    s3 = m[7, k] - m[11, k] - m[15, k]
+    o[p] = t0 + t1 + t2 + bf
+    if two_cols:
+        o[p + 1] = t1 - t2 - t3 + bf
+    if two_rows:
+        o[p + W_out] = s0 + s1 + s2 + bf
+        if two_cols:
+            o[p + W_out + 1] = s1 - s2 - s3 + bf
+
+
+@njit(cache=True)
+def _out_transform(M, col0, th, tw, H_out, W_out, b, on):
+    # on (F, H_out*W_out) = A^T m A + b for each tile m = M[f, :, col]; a last row or column
+    # past the map (odd H_out or W_out) is dropped. Full tiles go through a loop without
+    # tests (so it vectorises), edge tiles one by one
+    F = on.shape[0]
+    fh, fw = H_out // 2, W_out // 2
+    for f in range(F):
+        bf = b[f]
+        o = on[f]
+        m = M[f]
+        for i in range(fh):
+            base = col0 + i * tw
+            r0 = o[2 * i * W_out:(2 * i + 1) * W_out]
+            r1 = o[(2 * i + 1) * W_out:(2 * i + 2) * W_out]
+            for j in range(fw):
+                k = base + j
+                t0 = m[0, k] + m[4, k] + m[8, k]
+                t1 = m[1, k] + m[5, k] + m[9, k]
+                t2 = m[2, k] + m[6, k] + m[10, k]
+                t3 = m[3, k] + m[7, k] + m[11, k]
+                s0 = m[4, k] - m[8, k] - m[12, k]
+                s1 = m[5, k] - m[9, k] - m[13, k]
+                s2 = m[6, k] - m[10, k] - m[14, k]
+                s3 = m[7, k] - m[11, k] - m[15, k]
+                r0[2 * j] = t0 + t1 + t2 + bf
+                r0[2 * j + 1] = t1 - t2 - t3 + bf
+                r1[2 * j] = s0 + s1 + s2 + bf
+                r1[2 * j + 1] = s1 - s2 - s3 + bf
+            if fw < tw:
+                _out_tile(M, f, base + fw, bf, o, 2 * i * W_out + 2 * fw, W_out, True, False)
+        if fh < th:
+            base = col0 + fh * tw
+            for j in range(tw):
+                _out_tile(M, f, base + j, bf, o, 2 * fh * W_out + 2 * j, W_out, False, 2 * j + 1 < W_out)
+
+
+@njit(cache=True)
+def _dout_tile(dM, f, k, y00, y01, y10, y11):
+    # dM[f, :, k] = A dY A^T for dY = [[y00, y01], [y10, y11]]: rows of A dY are
+    # (dy0, dy0 + dy1, dy0 - dy1, -dy1), and each row (u, v) becomes (u, u + v, u - v, -v)
+    d = dM[f]
+    u, v = y00, y01
+    d[0, k], d[1, k], d[2, k], d[3, k] = u, u + v, u - v, -v
+    u, v = y00 + y10, y01 + y11
+    d[4, k], d[5, k], d[6, k], d[7, k] = u, u + v, u - v, -v
+    u, v = y00 - y10, y01 - y11
+    d[8, k], d[9, k], d[10, k], d[11, k] = u, u + v, u - v, -v
+    u, v = -y10, -y11
+    d[12, k], d[13, k], d[14, k], d[15, k] = u, u + v, u - v, -v
+
+
+@njit(cache=True)
+def _out_transform_adjoint(dn, H_out, W_out, th, tw, dM, col0):
+    # dM[f, :, col] = A dY A^T for each 2x2 tile dY of dn (F, H_out*W_out), zero past the map
+    # (edge tiles of an odd map get their missing row/column as zeros of dn's dtype)
+    F = dn.shape[0]
+    fh, fw = H_out // 2, W_out // 2
+    zero = np.zeros(1, dtype=dn.dtype)[0]
+    for f in range(F):
+        d = dn[f]
+        for i in range(fh):
+            base = col0 + i * tw
+            r0 = d[2 * i * W_out:(2 * i + 1) * W_out]
+            r1 = d[(2 * i + 1) * W_out:(2 * i + 2) * W_out]
+            for j in range(fw):
+                _dout_tile(dM, f, base + j, r0[2 * j], r0[2 * j + 1], r1[2 * j], r1[2 * j + 1])
+            if fw < tw:
+                _dout_tile(dM, f, base + fw, r0[2 * fw], zero, r1[2 * fw], zero)
+        if fh < th:
+            base = col0 + fh * tw
+            r0 = d[2 * fh * W_out:(2 * fh + 1) * W_out]
+            for j in range(tw):
+                y01 = r0[2 * j + 1] if 2 * j + 1 < W_out else zero
+                _dout_tile(dM, f, base + j, r0[2 * j], y01, zero, zero)
+
+
+@njit(cache=True)
+def forward_block(x, n0, n1, U, b, pad, H_out, W_out, out, V, M, xpad):
+    # out[n] (F, H_out*W_out) for images n0 <= n < n1 of x; V (16, C, >= cols), M (16, F, >= cols)
+    # and xpad (C, 2th+2, 2tw+2, zero outside the image) are scratch
+    _, F, C = U.shape
+    th, tw = (H_out + 1) // 2, (W_out + 1) // 2
+    T = th * tw
+    cols = (n1 - n0) * T
+    for n in range(n0, n1):
+        _in_transform(x[n], pad, th, tw, xpad, V, (n - n0) * T)
+    ld = 16 * V.shape[2]   # V[:, xi] and M[:, xi] are matrices with rows 16 tiles apart
+    for xi in range(16):
+        gemm(False, False, F, cols, C, 1.0, U[xi], C, V[0, xi], ld, 0.0, M[0, xi], ld)
+    for n in range(n0, n1):
+        _out_transform(M, (n - n0) * T, th, tw, H_out, W_out, b, out[n])
+
+
+@njit(cache=True)
+def backward_block(x, n0, n1, U, dout, pad, H_out, W_out, need_dx, dx, dU, db, V, M, xpad, dxpad):
+    # for images n0 <= n < n1: dU (16, F, C) += dM @ V^T, db (F,) += sums of dout, dx[n] if need_dx.
+    # dout[n] is (F, H_out*W_out); V, M, xpad, dxpad scratch as in forward_block (V is reused
+    # for dV, position by position, once dU has taken what it needs)
+    _, F, C = U.shape
+    th, tw = (H_out + 1) // 2, (W_out + 1) // 2
+    T = th * tw
+    cols = (n1 - n0) * T
+    for n in range(n0, n1):
+        _in_transform(x[n], pad, th, tw, xpad, V, (n - n0) * T)
+        dn = dout[n]
+        _out_transform_adjoint(dn, H_out, W_out, th, tw, M, (n - n0) * T)
+        for f in range(F):
+            s = 0.0
+            for p in range(dn.shape[1]):
+                s += dn[f, p]
+            db[f] += s
+    ld = 16 * V.shape[2]
+    for xi in range(16):
+        gemm(False, True, F, C, cols, 1.0, M[0, xi], ld, V[0, xi], ld, 1.0, dU[xi], C)
+        if need_dx:
+            gemm(True, False, C, cols, F, 1.0, U[xi], C, M[0, xi], ld, 0.0, V[0, xi], ld)
+    if need_dx:
+        for n in range(n0, n1):
+            _in_transform_adjoint(V, (n - n0) * T, th, tw, pad, dxpad, dx[n])
+
+
+@njit(parallel=True, cache=True)
+def _forward(x, U, b, pad, H_out, W_out, B, T, out):
+    # out (N, F, P); T chunks of images, each in blocks of B
+    N, C, H, W = x.shape
+    F = U.shape[1]
+    th, tw = (H_out + 1) // 2, (W_out + 1) // 2
+    for t in prange(T):
+        V = np.empty((C, 16, B * th * tw), dtype=x.dtype)
+        M = np.empty((F, 16, B * th * tw), dtype=x.dtype)
+        xpad = np.zeros((C, 2 * th + 2, 2 * tw + 2), dtype=x.dtype)
+        end = (t + 1) * N // T
+        for n0 in range(t * N // T, end, B):
+            forward_block(x, n0, min(n0 + B, end), U, b, pad, H_out, W_out, out, V, M, xpad)
+
+
+@njit(parallel=True, cache=True)
+def _backward(x, U, dout, pad, B, need_dx, dx, dU_part, db_part):
+    # dout (N, F, P); chunk t owns dU_part[t], db_part[t] and dx of its images
+    N, C, H, W = x.shape
+    F = U.shape[1]
+    T = dU_part.shape[0]
+    H_out, W_out = H + 2 * pad - 2, W + 2 * pad - 2
+    th, tw = (H_out + 1) // 2, (W_out + 1) // 2
+    for t in prange(T):
+        V = np.empty((C, 16, B * th * tw), dtype=x.dtype)
+        M = np.empty((F, 16, B * th * tw), dtype=x.dtype)
+        xpad = np.zeros((C, 2 * th + 2, 2 * tw + 2), dtype=x.dtype)
+        dxpad = np.empty((C, 2 * th + 2, 2 * tw + 2), dtype=x.dtype)
+        dU_part[t] = 0
+        db_part[t] = 0
+        end = (t + 1) * N // T
+        for n0 in range(t * N // T, end, B):
+            backward_block(x, n0, min(n0 + B, end), U, dout, pad, H_out, W_out, need_dx, dx, dU_part[t],
+                           db_part[t], V, M, xpad, dxpad)
+
+
+def forward(x, w, b, pad, H_out, W_out, T, out):
+    """out (N, F, H_out*W_out) = conv(x, w) + b; returns U for backward. Call with BLAS on one thread."""
+    U = transform_weights(w, x.dtype)
+    _forward(x, U, b, pad, H_out, W_out, block_images(H_out, W_out, x.shape[0]), T, out)
+    return U
+
+
+def backward(x, U, dout, pad, T, need_dx, dx):
+    """dout (N, F, H_out*W_out) -> (dw (F, C, 3, 3), db (F,)), and dx (N, C, H, W) if need_dx."""
+    _, F, C = U.shape
+    H_out, W_out = x.shape[2] + 2 * pad - 2, x.shape[3] + 2 * pad - 2
+    dU_part = np.empty((T, 16, F, C), dtype=x.dtype)
+    db_part = np.empty((T, F), dtype=x.dtype)
+    _backward(x, U, dout, pad, block_images(H_out, W_out, x.shape[0]), need_dx, dx, dU_part, db_part)
+    return weights_grad(dU_part.sum(axis=0)).astype(x.dtype), db_part.sum(axis=0)
