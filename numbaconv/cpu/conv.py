@@ -22,6 +22,7 @@ from ..checks import check_dout, conv_geometry
 from . import _gemm, winograd
 from ._blas import blas_threads, kernel_threads, matmul
 from ._gemm import gemm
+from ._reduce import row_total
 
 
 @njit(cache=True)
@@ -79,16 +80,15 @@ def _col2im_image(dcols, HH, WW, stride, pad, H_out, W_out, dxn, dxpad):
 
 
 @njit(cache=True)
-def _forward_image(xn, w2, b, HH, WW, stride, pad, H_out, W_out, on, cols, xpad):
-    # on (F, P) = w2 @ im2col(xn) + b, one single-threaded GEMM; cols and xpad are scratch
-    F, CKK = w2.shape
+def _forward_image(xn, w2b, HH, WW, stride, pad, H_out, W_out, on, cols, xpad):
+    # on (F, P) = w2 @ im2col(xn) + b, one single-threaded GEMM: w2b (F, CKK + 1) is w2 with b
+    # as its last column and cols (CKK + 1, P) gets a last row of ones, so the GEMM adds the
+    # bias (a separate pass over the output cost more); cols and xpad are scratch
+    F, K = w2b.shape
     P = H_out * W_out
     _im2col_image(xn, HH, WW, stride, pad, H_out, W_out, cols, xpad)
-    gemm(False, False, F, P, CKK, 1.0, w2, CKK, cols, P, 0.0, on, P)
-    for f in range(F):
-        bf = b[f]
-        for p in range(P):
-            on[f, p] += bf
+    cols[K - 1] = 1
+    gemm(False, False, F, P, K, 1.0, w2b, K, cols, P, 0.0, on, P)
 
 
 @njit(cache=True)
@@ -104,22 +104,19 @@ def _backward_image(xn, w2, dn, HH, WW, stride, pad, H_out, W_out, need_dx, dxn,
         gemm(True, False, CKK, P, F, 1.0, w2, CKK, dn, P, 0.0, dcols, P)  # dcols = w2.T @ dout_n
         _col2im_image(dcols, HH, WW, stride, pad, H_out, W_out, dxn, dxpad)
     for f in range(F):
-        s = 0.0
-        for p in range(P):
-            s += dn[f, p]
-        dbt[f] += s
+        dbt[f] += row_total(dn[f])
 
 
 @njit(parallel=True, cache=True)
-def _forward(x, w2, b, HH, WW, stride, pad, out):
-    N = x.shape[0]
-    F, CKK = w2.shape
-    H_out, W_out = out.shape[2], out.shape[3]
+def _forward(x, w2b, HH, WW, stride, pad, H_out, W_out, T, out):
+    # out (N, F, P); chunk t owns the images t*N//T <= n < (t+1)*N//T (scratch allocated once a chunk)
+    N, F, P = out.shape
     C, H, W = x.shape[1], x.shape[2], x.shape[3]
-    for n in prange(N):
-        cols = np.empty((CKK, H_out * W_out), dtype=x.dtype)
+    for t in prange(T):
+        cols = np.empty((w2b.shape[1], P), dtype=x.dtype)
         xpad = np.zeros((C, H + 2 * pad, W + 2 * pad), dtype=x.dtype)
-        _forward_image(x[n], w2, b, HH, WW, stride, pad, H_out, W_out, out[n].reshape(F, H_out * W_out), cols, xpad)
+        for n in range(t * N // T, (t + 1) * N // T):
+            _forward_image(x[n], w2b, HH, WW, stride, pad, H_out, W_out, out[n], cols, xpad)
 
 
 @njit(parallel=True, cache=True)
@@ -180,6 +177,11 @@ def _backward_fallback(x, w2, dout, g, dx):
     return dw2, dout2.sum(axis=1)
 
 
+def with_bias(w2, b):
+    """(F, CKK) and (F,) -> (F, CKK + 1), the bias as the last column (see _forward_image)."""
+    return np.ascontiguousarray(np.concatenate((w2, b.reshape(-1, 1)), axis=1))
+
+
 def _chunks(N):
     """Chunks of images for one kernel call: one per thread, at most N."""
     return max(1, min(numba.get_num_threads(), N))
@@ -202,7 +204,8 @@ class Conv:
                         U = winograd.forward(x, w, b, g.pad, g.H_out, g.W_out, _chunks(g.N),
                                              out.reshape(g.N, g.F, -1))
                     else:
-                        _forward(x, w2, b, g.HH, g.WW, g.stride, g.pad, out)
+                        _forward(x, with_bias(w2, b), g.HH, g.WW, g.stride, g.pad, g.H_out, g.W_out, _chunks(g.N),
+                                 out.reshape(g.N, g.F, -1))
             else:
                 _forward_fallback(x, w2, b, g, out)
         return out, (x, w2, tuple(w.shape), g, U)

@@ -35,7 +35,7 @@ from ..checks import batchnorm_params, check_dout, conv_geometry, pool_geometry
 from . import _gemm, winograd
 from ._blas import blas_threads, kernel_threads
 from .batchnorm import _running_stats
-from .conv import _backward_image, _forward_image
+from .conv import _backward_image, _forward_image, with_bias
 
 
 @njit(fastmath={"reassoc"}, cache=True)
@@ -89,18 +89,18 @@ def _wino_stats_forward(x, U, b, pad, H_out, W_out, B, T, a, pmean, pm2):
 
 
 @njit(parallel=True, cache=True)
-def _conv_stats_forward(x, w2, b, HH, WW, stride, pad, H_out, W_out, T, a, pmean, pm2):
+def _conv_stats_forward(x, w2b, HH, WW, stride, pad, H_out, W_out, T, a, pmean, pm2):
     # a[n] (F, P) = conv(x[n]); pmean[n, f], pm2[n, f]: mean and sum of squared deviations of a[n, f].
     # Arrays come flattened to (N, C, P) by the caller: a reshape inside the loops is a C call
     # each (measured ~0.2 us; per image and channel that was most of the cost on 8x8 maps).
     N, F, P = a.shape
     C, H, W = x.shape[1], x.shape[2], x.shape[3]
     for t in prange(T):
-        cols = np.empty((w2.shape[1], P), dtype=x.dtype)
+        cols = np.empty((w2b.shape[1], P), dtype=x.dtype)
         xpad = np.zeros((C, H + 2 * pad, W + 2 * pad), dtype=x.dtype)
         for n in range(t * N // T, (t + 1) * N // T):
             on = a[n]
-            _forward_image(x[n], w2, b, HH, WW, stride, pad, H_out, W_out, on, cols, xpad)
+            _forward_image(x[n], w2b, HH, WW, stride, pad, H_out, W_out, on, cols, xpad)
             _plane_stats(on, n, pmean, pm2)
 
 
@@ -288,8 +288,8 @@ def _forward(x, w, b, gamma, beta, conv_param, bn_param, pool_param):
             _wino_stats_forward(x, U, np.ascontiguousarray(b), cg.pad, cg.H_out, cg.W_out,
                                 winograd.block_images(cg.H_out, cg.W_out, N), _chunks(N), _flat(a), pmean, pm2)
         else:
-            _conv_stats_forward(x, w2, np.ascontiguousarray(b), cg.HH, cg.WW, cg.stride, cg.pad, cg.H_out,
-                                cg.W_out, _chunks(N), _flat(a), pmean, pm2)
+            _conv_stats_forward(x, with_bias(w2, b), cg.HH, cg.WW, cg.stride, cg.pad, cg.H_out, cg.W_out,
+                                _chunks(N), _flat(a), pmean, pm2)
     running_mean, running_var = _running_stats(bn_param, C, a.dtype)
     train = mode == "train"
     if train:  # Chan et al.: per-image (mean, M2) pairs combined in a fixed order

@@ -22,6 +22,7 @@ import numpy as np
 from numba import njit, prange
 
 from ._gemm import gemm
+from ._reduce import row_total
 
 # F(2x2, 3x3) weight transform: U = G w G^T
 G = np.array([[1.0, 0.0, 0.0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0.0, 0.0, 1.0]])
@@ -301,10 +302,7 @@ def backward_block(x, n0, n1, U, dout, pad, H_out, W_out, need_dx, dx, dU, db, V
         dn = dout[n]
         _out_transform_adjoint(dn, H_out, W_out, th, tw, M, (n - n0) * T)
         for f in range(F):
-            s = 0.0
-            for p in range(dn.shape[1]):
-                s += dn[f, p]
-            db[f] += s
+            db[f] += row_total(dn[f])
     ld = 16 * V.shape[2]
     for xi in range(16):
         gemm(False, True, F, C, cols, 1.0, M[0, xi], ld, V[0, xi], ld, 1.0, dU[xi], C)
