@@ -90,7 +90,8 @@ echo "== cuda tests, natively on the GPU"
 # a GPU, and cost a minute of compiling here).
 timeout 210 python3 -m pytest -q -p no:cacheprovider -o addopts="" -ra \
   tests/test_conformance.py tests/test_gradients.py tests/test_forward_values.py tests/test_checks.py \
-  tests/test_fused_layers.py tests/test_cuda_backend.py tests/test_cuda_transfers.py tests/test_cuda_gpu.py \
+  tests/test_fused_layers.py tests/test_cuda_backend.py tests/test_cuda_transfers.py tests/test_cuda_training.py \
+  tests/test_cuda_gpu.py \
   -k "cuda or test_cuda_gpu" \
   --deselect tests/test_cuda_backend.py::test_every_kernel_compiles_to_ptx_for_sm90 \
   --deselect tests/test_cuda_backend.py::test_missing_numba_cuda_is_a_clear_import_error \

@@ -103,6 +103,21 @@ class _ConvNet:
         """Conv-BN-ReLU[-pool]: the backend's fused layer if it has one, else the sandwich."""
         return fastest(self.nb, "Conv_BatchNorm_ReLU_Pool" if pool else "Conv_BatchNorm_ReLU")
 
+    def _device_ops(self, X):
+        """The cuda backend's model-level ops (numbaconv.cuda.training) when X is a device array:
+        the model then keeps every tensor on the device (scores, gradients; the loss is copied
+        back once, as a float). None for NumPy X: the NumPy code below, as on every backend."""
+        ops = getattr(self.nb, "device_ops", None)
+        return ops if ops is not None and ops.is_device(X) else None
+
+    def _device_l2(self, ops, loss, grads) -> None:
+        """L2 on the device: loss (a one-element device array) += reg * sum(W**2), dW += 2 reg W."""
+        if self.reg:
+            for name, w in self.params.items():
+                if name.startswith("W"):
+                    ops.add_l2(loss, w, self.reg)
+                    grads[name] = ops.axpby(grads[name], w, 1.0, 2.0 * self.reg)
+
     @staticmethod
     def _backward(layer, dh, cache, first: bool):
         """layer.backward; for the first layer, a layer that can skips dx (the images' gradient: unused)."""
@@ -122,6 +137,10 @@ class _ConvNet:
             raise ValueError(f"X holds no images: shape {tuple(X.shape)}")
         if not np.issubdtype(X.dtype, np.number):
             raise ValueError(f"X must hold numbers, got dtype {X.dtype}")
+        if self._device_ops(X) is not None:   # stays on the device: no cast (it would be a copy)
+            if np.dtype(X.dtype) != self.dtype:
+                raise ValueError(f"X on the device must have the model's dtype {self.dtype}, got {X.dtype}")
+            return X
         return np.asarray(X, dtype=self.dtype)
 
     def _set_bn_mode(self, mode: str) -> None:
@@ -130,6 +149,12 @@ class _ConvNet:
 
     def _data_loss(self, scores, y, grads_from_scores):
         """softmax loss + L2 over weights; ``grads_from_scores`` backprops dscores."""
+        ops = self._device_ops(scores)
+        if ops is not None:
+            loss, dscores = ops.smoothed_softmax_loss(scores, ops.labels(y, scores))
+            grads = grads_from_scores(dscores)
+            self._device_l2(ops, loss, grads)
+            return ops.loss_value(loss), grads
         loss, dscores = self.nb.softmax_loss(scores, y)
         grads = grads_from_scores(dscores)
         for name, w in self.params.items():
@@ -142,6 +167,12 @@ class _ConvNet:
         """Predicted labels (N,), computed in batches in test mode."""
         batch_size = _pos_int("batch_size", batch_size)
         N = X.shape[0]
+        ops = self._device_ops(X)
+        if ops is not None:   # device batches; only the predictions come back
+            preds = ops.preds(N)
+            for start in range(0, N, batch_size):
+                ops.argmax(self.loss(X[start:start + batch_size]), preds, start)
+            return ops.to_host(preds)
         preds = np.empty(N, dtype=np.int64)
         for start in range(0, N, batch_size):
             scores = self.loss(X[start:start + batch_size])
@@ -344,6 +375,12 @@ def shift_images(X, dy: int, dx: int):
     return out
 
 
+class _HostOps:
+    """The NumPy model-level ops, under the names of numbaconv.cuda.training's device ones."""
+    global_max_pool_forward = staticmethod(global_max_pool_forward)
+    global_max_pool_backward = staticmethod(global_max_pool_backward)
+
+
 class FastNet(_ConvNet):
     """The "fast CIFAR" recipe's net (residual-free):
     stem conv 3x3 - BN - ReLU (``stem=0``: none), then per width in ``widths`` a group
@@ -530,15 +567,21 @@ class FastNet(_ConvNet):
             h, cache = layer.forward(h, p[f"W{i}"], p[f"b{i}"], p[f"gamma{i}"], p[f"beta{i}"], self.conv_param,
                                      self.bn_params[i - 1], *((POOL,) if pool else ()))
             caches.append((layer, cache))
-        g, gcache = global_max_pool_forward(h)
+        ops = self._device_ops(X)
+        g, gcache = (ops or _HostOps).global_max_pool_forward(h)
         last = len(self.layers) + 1
         scores, lcache = self.nb.Linear.forward(g, p[f"W{last}"], p[f"b{last}"])
+        if ops is not None:
+            return ops.axpby(scores, scores, self.logit_scale, 0.0), (caches, gcache, lcache)
         return scores * self.dtype.type(self.logit_scale), (caches, gcache, lcache)
 
     def _view_scores(self, X):
         """Test-mode scores of X, averaged with its mirror when ``tta_flip``."""
         scores, _ = self._scores(X, train=False)
         if self.tta_flip:
+            ops = self._device_ops(X)
+            if ops is not None:
+                return ops.axpby(scores, self._scores(ops.shift_flip(X, 0, 0, True), train=False)[0], 0.5, 0.5)
             scores = 0.5 * (scores + self._scores(np.ascontiguousarray(X[..., ::-1]), train=False)[0])
         return scores
 
@@ -548,21 +591,33 @@ class FastNet(_ConvNet):
             if not self.tta_shift:
                 return self._view_scores(X)
             s = self.tta_shift
+            ops = self._device_ops(X)
+            if ops is not None:   # the same sum, in the same order
+                views = [self._view_scores(v) for v in (X, ops.shift_flip(X, s, s, False),
+                                                         ops.shift_flip(X, -s, -s, False))]
+                return ops.axpby(ops.axpby(views[0], views[1], 0.5, 0.25), views[2], 1.0, 0.25)
             return (0.5 * self._view_scores(X) + 0.25 * self._view_scores(shift_images(X, s, s))
                     + 0.25 * self._view_scores(shift_images(X, -s, -s)))
         scores, (caches, gcache, lcache) = self._scores(X, train=True)
-        from .losses import smoothed_softmax_loss
+        ops = self._device_ops(X)
+        if ops is not None:   # the loss stays on the device until the end; dscores come scaled
+            loss, dscores = ops.smoothed_softmax_loss(scores, ops.labels(y, scores), self.smoothing, self.logit_scale)
+        else:
+            from .losses import smoothed_softmax_loss
 
-        loss, dscores = smoothed_softmax_loss(scores, y, self.smoothing)
+            loss, dscores = smoothed_softmax_loss(scores, y, self.smoothing)
+            dscores = dscores * self.dtype.type(self.logit_scale)
         last = len(self.layers) + 1
         grads = {}
-        dg, grads[f"W{last}"], grads[f"b{last}"] = self.nb.Linear.backward(
-            dscores * self.dtype.type(self.logit_scale), lcache)
-        dh = global_max_pool_backward(dg, gcache)
+        dg, grads[f"W{last}"], grads[f"b{last}"] = self.nb.Linear.backward(dscores, lcache)
+        dh = (ops or _HostOps).global_max_pool_backward(dg, gcache)
         for i in range(len(self.layers), 0, -1):
             layer, cache = caches[i - 1]
             dh, grads[f"W{i}"], grads[f"b{i}"], grads[f"gamma{i}"], grads[f"beta{i}"] = self._backward(
                 layer, dh, cache, first=i == 1)
+        if ops is not None:
+            self._device_l2(ops, loss, grads)
+            return ops.loss_value(loss), grads
         for name, w in self.params.items():
             if name.startswith("W"):
                 loss += self.reg * float(np.sum(w.astype(np.float64) ** 2))

@@ -36,16 +36,19 @@ _OPTIONAL = {"sgd_nesterov": {"weight_decay": 0.0}}
 _FACTORS = ("momentum", "decay_rate", "beta1", "beta2")
 
 
-def _setup(rule: str, w, dw, config) -> tuple[dict, dict]:
-    """Validate arguments; returns (a new config with defaults, the hyperparameters as floats)."""
+def _setup(rule: str, w, dw, config, arrays: bool = True) -> tuple[dict, dict]:
+    """Validate arguments; returns (a new config with defaults, the hyperparameters as floats).
+    ``arrays=False``: w and dw are device arrays (numbaconv.cuda.training runs the rules as
+    kernels with these hyperparameters; the caller checks their shapes)."""
     if config is None:
         config = {}
     if not isinstance(config, dict):
         raise ValueError(f"{rule}: config must be a dict, got {type(config).__name__}")
-    if not isinstance(w, np.ndarray) or not isinstance(dw, np.ndarray):
-        raise ValueError(f"{rule}: w and dw must be NumPy arrays, got {type(w).__name__} and {type(dw).__name__}")
-    if w.shape != dw.shape:
-        raise ValueError(f"{rule}: w has shape {w.shape} but dw has shape {dw.shape}")
+    if arrays:
+        if not isinstance(w, np.ndarray) or not isinstance(dw, np.ndarray):
+            raise ValueError(f"{rule}: w and dw must be NumPy arrays, got {type(w).__name__} and {type(dw).__name__}")
+        if w.shape != dw.shape:
+            raise ValueError(f"{rule}: w has shape {w.shape} but dw has shape {dw.shape}")
     config = {**DEFAULTS[rule], **_OPTIONAL.get(rule, {}), **config}
     hyper = {}
     for key in _OPTIONAL.get(rule, {}):

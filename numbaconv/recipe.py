@@ -39,34 +39,37 @@ def augment_crop_flip(pad: int = 2, flip=True):
     image_bits(seed, i) XOR (epoch odd) is set, i.e. on every other epoch, half the images
     starting mirrored (airbench's alternating flip: across two epochs every image is seen both
     ways, where random flips see a quarter of them one way only). The alternate hook is
-    ``per_image``: the Solver passes the indices, epoch and its augment seed."""
+    ``per_image``: the Solver passes the indices, epoch and its augment seed.
+
+    The copy is the model's backend's ``crop_flip`` (numbaconv.<backend>.augment; the Solver
+    passes ``backend``, the hook is ``takes_backend``; called without one: cpu's kernel), so
+    training on cuda or reference loads no cpu kernel. ``hook.draw(N, rng, ...)`` makes the
+    hook's random draws alone ((oy, ox, mirror), in the same order), and ``hook.pad`` is its
+    padding: device-resident training (the Solver on cuda) applies them in its gather kernel."""
     if isinstance(pad, bool) or not isinstance(pad, (int, np.integer)) or pad < 0:
         raise ValueError(f"pad must be an integer >= 0, got {pad!r}")
     if not any(flip is f or (isinstance(flip, str) and flip == f) for f in FLIPS):
         raise ValueError(f"flip must be True, False or 'alternate', got {flip!r}")
     pad = int(pad)
-    from .cpu.augment import crop_flip   # here, so reading the recipe table does not start Numba
 
-    def offsets(X, rng):
+    def draw(N, rng, index=None, epoch=None, seed=None, backend=None):
+        oy, ox = rng.integers(0, 2 * pad + 1, size=N), rng.integers(0, 2 * pad + 1, size=N)
+        if flip == "alternate":
+            return oy, ox, image_bits(seed, index) ^ bool(epoch % 2)
+        return oy, ox, (rng.random(N) < 0.5 if flip else np.zeros(N, dtype=bool))
+
+    def augment(X, y, rng, index=None, epoch=None, seed=None, backend="cpu"):
         if X.ndim != 4:
             raise ValueError(f"augment expects images (N, C, H, W), got shape {X.shape}")
-        N = X.shape[0]
-        return rng.integers(0, 2 * pad + 1, size=N), rng.integers(0, 2 * pad + 1, size=N)
+        import importlib   # here, so reading the recipe table does not start Numba
 
-    if flip == "alternate":
-        def augment(X, y, rng, index, epoch, seed):
-            oy, ox = offsets(X, rng)
-            return crop_flip(X, oy, ox, image_bits(seed, index) ^ bool(epoch % 2), pad), y
+        name = backend if isinstance(backend, str) else backend.NAME
+        crop_flip = importlib.import_module(f"numbaconv.{name}.augment").crop_flip
+        return crop_flip(X, *draw(X.shape[0], rng, index, epoch, seed), pad), y
 
-        augment.per_image = True
-        return augment
-
-    def augment(X, y, rng):
-        oy, ox = offsets(X, rng)
-        N = X.shape[0]
-        mirror = rng.random(N) < 0.5 if flip else np.zeros(N, dtype=bool)
-        return crop_flip(X, oy, ox, mirror, pad), y
-
+    augment.per_image = flip == "alternate"
+    augment.takes_backend = True
+    augment.draw, augment.pad = draw, pad
     return augment
 
 

@@ -47,11 +47,27 @@ each parameter's optimizer config (key "lookahead"), so checkpoints keep them. A
 hook with ``per_image = True`` is also given ``index`` (the minibatch's image indices),
 ``epoch`` (``iteration // iterations_per_epoch``) and ``seed`` (``augment_seed``, drawn
 from the Solver's seed and kept in its state), for augmentations that depend on the image
-and epoch (alternating flips) and stay reproducible on resume.
+and epoch (alternating flips) and stay reproducible on resume. An augment hook with
+``takes_backend = True`` is also given ``backend`` (the model's backend name), so its kernel
+is that backend's.
+
+Device-resident training (a model on the cuda backend): inside ``train()`` and ``warmup()``
+the parameters, their optimizer state (every rule in numbaconv.optim, as kernels), lookahead
+averages, BN running statistics and the best weights live on the GPU; the training split is
+uploaded once, in the model's dtype (the Solver receives preprocessed floats, so the gather
+reads exactly what the host path would), and so is the validation split. A step draws its
+minibatch indices and augmentation (an augment hook with a ``draw`` method, as
+numbaconv.recipe's) with the Solver's generator, as on every backend, copies that plan to
+the device (its one host->device copy), gathers and augments the batch in one kernel, and
+copies back only the loss (its one device->host copy). Accuracy checks run in device batches
+and bring back predictions. When ``train()`` returns (or raises), everything is back in
+NumPy arrays; ``state_dict()``, ``training_weights()`` and ``best_params`` copy to the host
+when asked during training (checkpoints), only then.
 """
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import signal
 import time
@@ -183,8 +199,22 @@ def _opt_int(name: str, value, allow_none: bool = False):
     return int(value)
 
 
+def _on_device(a) -> bool:
+    """A numba device array (the cuda backend's), not a NumPy one."""
+    return not isinstance(a, np.ndarray) and hasattr(a, "copy_to_host")
+
+
+def _copy(a):
+    """A copy where ``a`` lives: a device array's stays on the device (no host transfer)."""
+    if _on_device(a):
+        from .cuda.training import copy
+
+        return copy(a)
+    return np.array(a, copy=True)
+
+
 def _copy_bn(bn_params: list[dict]) -> list[dict]:
-    return [{k: np.array(bp[k], copy=True) for k in ("running_mean", "running_var") if bp.get(k) is not None}
+    return [{k: _copy(bp[k]) for k in ("running_mean", "running_var") if bp.get(k) is not None}
             for bp in bn_params]
 
 
@@ -192,9 +222,22 @@ def _restore_bn(bn_params: list[dict], saved: list[dict]) -> None:
     for bp, s in zip(bn_params, saved):
         for k in ("running_mean", "running_var"):
             if k in s:
-                bp[k] = np.array(s[k], copy=True)
+                bp[k] = _copy(s[k])
             else:
                 bp.pop(k, None)
+
+
+def _map_arrays(tree, fn):
+    """``tree`` (dicts and lists of arrays and numbers, or None) with ``fn`` applied to every array."""
+    if isinstance(tree, dict):
+        return {k: _map_arrays(v, fn) for k, v in tree.items()}
+    if isinstance(tree, list):
+        return [_map_arrays(v, fn) for v in tree]
+    if isinstance(tree, tuple):
+        return tuple(_map_arrays(v, fn) for v in tree)
+    if isinstance(tree, np.ndarray) or _on_device(tree):
+        return fn(tree)
+    return tree
 
 
 def evaluate_accuracy(model, X, y, batch_size: int = 100) -> tuple[float, np.ndarray]:
@@ -290,10 +333,111 @@ class Solver:
         self.stop_reason: str | None = None
         self._final = None          # (params, bn) training continues from, once best is swapped in
         self._warm = False
+        # cuda: the backend's device ops (numbaconv.cuda.training); state is on the device while _resident
+        self._ops = getattr(getattr(self.model, "nb", None), "device_ops", None)
+        self._resident = False
+        self._device_splits: dict = {}   # id(X) -> (X, X on the device, y on the device)
         self.optim_configs = {p: dict(self.optim_config) for p in self.model.params}
         for p, cfg in self.optim_configs.items():  # fail now, not at the first step, on bad hyperparameters
             self.update_rule(np.zeros(1, dtype=self.model.params[p].dtype),
                              np.zeros(1, dtype=self.model.params[p].dtype), dict(cfg))
+
+    @property
+    def best_params(self) -> dict | None:
+        """The best weights on validation (NumPy arrays: copied from the device during cuda training)."""
+        return self._hosted(self._best_params)
+
+    @best_params.setter
+    def best_params(self, value) -> None:
+        self._best_params = value
+
+    @property
+    def best_bn(self) -> list | None:
+        return self._hosted(self._best_bn)
+
+    @best_bn.setter
+    def best_bn(self, value) -> None:
+        self._best_bn = value
+
+    def _hosted(self, tree):
+        """``tree`` with its device arrays copied to the host (counted); unchanged when none are."""
+        if not self._resident:
+            return tree
+        from .cuda.training import host
+
+        return _map_arrays(tree, host)
+
+    # ---------------------------------------------------------------- residency (cuda)
+    def _move_state(self, fn) -> None:
+        """Apply ``fn`` to every array of the training state: weights, BN statistics, optimizer
+        state, best weights and the weights training continues from."""
+        self.model.params = _map_arrays(self.model.params, fn)
+        for bp in self.model.bn_params:
+            for k in ("running_mean", "running_var"):
+                if bp.get(k) is not None:
+                    bp[k] = fn(bp[k])
+        self.optim_configs = _map_arrays(self.optim_configs, fn)
+        self._best_params, self._best_bn = _map_arrays(self._best_params, fn), _map_arrays(self._best_bn, fn)
+        self._final = _map_arrays(self._final, fn)
+
+    @contextlib.contextmanager
+    def _device_resident(self):
+        """On the cuda backend: the training state on the device inside the block, back in NumPy
+        arrays after it (also when it raises). Elsewhere (or nested) nothing happens."""
+        if self._ops is None or self._resident:
+            yield
+            return
+        ops = self._ops
+        self._move_state(lambda a: a if ops.is_device(a) else ops.upload(a))
+        self._resident = True
+        self._device_split(self.X_train, self.y_train)   # once per Solver (kept while X_train is the same array)
+        try:
+            yield
+        finally:
+            with _sigint_deferred():
+                self._resident = False
+                self._move_state(ops.host)
+
+    def _device_split(self, X, y):
+        """(X, y) on the device, uploaded once per array (X in the model's dtype, y checked and int64)."""
+        hit = self._device_splits.get(id(X))
+        if hit is None or hit[0] is not X:
+            ops = self._ops
+            y = ops.check_labels(y, self.model.num_classes)
+            hit = self._device_splits[id(X)] = (X, ops.upload(X, self.model.dtype), ops.upload(y, np.int64))
+        return hit[1], hit[2]
+
+    def _device_gather(self, X, y, idx, oy=None, ox=None, mirror=None, pad: int = 0):
+        """Images idx of the resident (X, y), shifted/mirrored on the device: one plan copied up."""
+        zeros = np.zeros(len(idx), dtype=np.int64)
+        plan = np.concatenate([np.asarray(a if a is not None else zeros, dtype=np.int64)
+                               for a in (idx, oy, ox, mirror)])
+        return self._ops.gather(*self._device_split(X, y), plan, pad)
+
+    def _augment_kwargs(self, idx) -> dict:
+        kwargs = {}
+        if getattr(self.augment, "per_image", False):
+            kwargs.update(index=idx, epoch=self.iteration // self.iterations_per_epoch, seed=self.augment_seed)
+        if getattr(self.augment, "takes_backend", False):
+            kwargs["backend"] = self.model.backend
+        return kwargs
+
+    def _minibatch(self, idx):
+        """The step's (X, y) for indices idx, augmented. On the device: the augmentation's draws
+        (made here with the Solver's generator, in the host path's order) go up with the indices."""
+        aug = self.augment
+        if self._resident:
+            draw = getattr(aug, "draw", None)
+            if aug is None or draw is not None:
+                oy, ox, mirror = draw(len(idx), self.rng, **self._augment_kwargs(idx)) if aug else (None,) * 3
+                return self._device_gather(self.X_train, self.y_train, idx, oy, ox, mirror,
+                                           getattr(aug, "pad", 0) if aug else 0)
+        X_batch, y_batch = self.X_train[idx], self.y_train[idx]
+        if aug is not None:
+            X_batch, y_batch = aug(X_batch, y_batch, self.rng, **self._augment_kwargs(idx))
+        if self._resident:   # a hook without a device form ran on the host: its batch goes up (counted)
+            X_batch, y_batch = self._ops.upload(X_batch, self.model.dtype), self._ops.upload(y_batch, np.int64)
+        return X_batch, y_batch
 
     # The assignment's names for three of the history lists.
     @property
@@ -344,21 +488,29 @@ class Solver:
         d = self.lookahead_decay ** k * self.progress() ** 3
         for p, w in params.items():
             slow = configs[p].get("lookahead")
-            slow = w if slow is None else (d * slow + (1.0 - d) * w).astype(w.dtype)
+            if slow is None:
+                slow = w
+            elif _on_device(w):
+                slow = self._ops.lookahead(w, slow, d)
+            else:
+                slow = (d * slow + (1.0 - d) * w).astype(w.dtype)
             params[p] = slow
-            configs[p]["lookahead"] = slow.copy()
+            configs[p]["lookahead"] = _copy(slow)
 
     def training_weights(self) -> tuple[dict, list]:
-        """The (params, bn running stats) that training continues from."""
+        """The (params, bn running stats) that training continues from (NumPy arrays: copied from
+        the device during cuda training)."""
         if self._final is not None:
-            return self._final
+            return self._hosted(self._final)
+        if self._resident:
+            return self._hosted(self.model.params), self._hosted(_copy_bn(self.model.bn_params))
         return self.model.params, _copy_bn(self.model.bn_params)
 
     def _unswap(self) -> None:
         """Put the training weights back after train() swapped the best ones in."""
         if self._final is not None:
             params, bn = self._final
-            self.model.params = {k: v.copy() for k, v in params.items()}
+            self.model.params = {k: _copy(v) for k, v in params.items()}
             _restore_bn(self.model.bn_params, bn)
             self._final = None
 
@@ -371,22 +523,18 @@ class Solver:
             if self.schedule is not None:
                 self.schedule(self)
             idx = self.rng.choice(self.X_train.shape[0], self.batch_size)
-            X_batch, y_batch = self.X_train[idx], self.y_train[idx]
-            if self.augment is not None:
-                if getattr(self.augment, "per_image", False):
-                    X_batch, y_batch = self.augment(X_batch, y_batch, self.rng, index=idx,
-                                                    epoch=self.iteration // self.iterations_per_epoch,
-                                                    seed=self.augment_seed)
-                else:
-                    X_batch, y_batch = self.augment(X_batch, y_batch, self.rng)
+            X_batch, y_batch = self._minibatch(idx)
             loss, grads = self.model.loss(X_batch, y_batch)
             if not math.isfinite(loss):
                 raise NonFiniteLossError(loss, self.iteration, self.epoch)
             new_params, new_configs = {}, {}
             frozen = getattr(self.model, "frozen", ())   # parameters training leaves alone
+            rule = self.update_rule
+            if self._resident:   # the same rule as kernels on the device arrays
+                rule = functools.partial(self._ops.update, self.update_rule_name)
             for p, w in self.model.params.items():
                 if p not in frozen:
-                    new_params[p], new_configs[p] = self.update_rule(w, grads[p], dict(self.optim_configs[p]))
+                    new_params[p], new_configs[p] = rule(w, grads[p], dict(self.optim_configs[p]))
             self._lookahead(new_params, new_configs)
         except BaseException:
             self.rng.bit_generator.state = rng_state
@@ -407,19 +555,27 @@ class Solver:
         """One forward/backward pass on the first minibatch, with no effect on any
         state, so one-time costs (Numba compiling or loading its kernels) are not
         counted as training time. ``train(time_limit=...)`` calls it once."""
-        bn_saved = _copy_bn(self.model.bn_params)
-        try:
-            n = min(self.batch_size, self.X_train.shape[0])
-            self.model.loss(self.X_train[:n], self.y_train[:n])
-        finally:
-            _restore_bn(self.model.bn_params, bn_saved)
+        with self._device_resident():
+            bn_saved = _copy_bn(self.model.bn_params)
+            try:
+                n = min(self.batch_size, self.X_train.shape[0])
+                if self._resident:   # the device path: uploads the split, compiles its kernels
+                    self.model.loss(*self._device_gather(self.X_train, self.y_train, np.arange(n)))
+                else:
+                    self.model.loss(self.X_train[:n], self.y_train[:n])
+            finally:
+                _restore_bn(self.model.bn_params, bn_saved)
         self._warm = True
 
     def check_accuracy(self, X, y, num_samples: int | None = None, batch_size: int = 100) -> float:
         """Accuracy of the model on (X, y), on a random subset of ``num_samples`` if given."""
         N = X.shape[0]
-        if num_samples is not None and N > num_samples:
-            idx = self.eval_rng.choice(N, num_samples)
+        idx = self.eval_rng.choice(N, num_samples) if num_samples is not None and N > num_samples else None
+        if self._resident:   # the split is (or goes, once) on the device; the subset is gathered there
+            y = np.asarray(y)
+            Xd = self._device_gather(X, y, idx)[0] if idx is not None else self._device_split(X, y)[0]
+            return evaluate_accuracy(self.model, Xd, y if idx is None else y[idx], batch_size)[0]
+        if idx is not None:
             X, y = X[idx], y[idx]
         return evaluate_accuracy(self.model, X, y, batch_size)[0]
 
@@ -442,8 +598,8 @@ class Solver:
             if val_acc > self.best_val_acc:
                 self.best_val_acc = val_acc
                 self.best_epoch = self.record.epoch[-1]
-                self.best_params = {k: v.copy() for k, v in self.model.params.items()}
-                self.best_bn = _copy_bn(self.model.bn_params)
+                self._best_params = {k: _copy(v) for k, v in self.model.params.items()}
+                self._best_bn = _copy_bn(self.model.bn_params)
         if self.verbose:
             print(f"(Epoch {self.record.epoch[-1]:g} / {self.num_epochs}) train acc: {train_acc:f}; val_acc: {val_acc:f}")
 
@@ -464,6 +620,10 @@ class Solver:
                 raise ValueError(f"time_limit must be a number of seconds > 0, got {time_limit!r}")
         self._unswap()
         self.stop_reason = None
+        with self._device_resident():
+            return self._train(time_limit)
+
+    def _train(self, time_limit: float | None) -> str:
         if time_limit is not None and not self._warm:
             # Otherwise a first step that compiles kernels would count (tens of seconds on a
             # fresh machine) and, taken as the next step's duration, end the run early.
@@ -487,10 +647,10 @@ class Solver:
             self._step()
             if self.on_iteration is not None:
                 self.on_iteration(self)
-        if self.best_params is not None:
+        if self._best_params is not None:
             self._final = (self.model.params, _copy_bn(self.model.bn_params))
-            self.model.params = {k: v.copy() for k, v in self.best_params.items()}
-            _restore_bn(self.model.bn_params, self.best_bn)
+            self.model.params = {k: _copy(v) for k, v in self._best_params.items()}
+            _restore_bn(self.model.bn_params, self._best_bn)
         return self.stop_reason
 
     # ------------------------------------------------------------- persistence
@@ -499,11 +659,12 @@ class Solver:
         return self.record.to_dict()
 
     def state_dict(self) -> dict:
-        """Everything training continues from. Arrays are not copied."""
+        """Everything training continues from. Arrays are not copied (during cuda training: copied
+        to the host, the one time they leave the device)."""
         params, bn = self.training_weights()
         return {
             "params": params, "bn": bn,
-            "optim_configs": self.optim_configs,
+            "optim_configs": self._hosted(self.optim_configs),
             "best_params": self.best_params, "best_bn": self.best_bn,
             "history": self.history(),
             "settings": {

@@ -22,6 +22,28 @@ RECIPE_HELP = "A named recipe that sets the model, optimizer, schedule and augme
 BAR_WIDTH = 16   # with the text beside it, the live display fits 80 columns
 
 
+def cuda_copies():
+    """The cuda backend's host<->device copy counter so far, or None when the backend was never loaded
+    (it counts from its import, so then everything it counts later is this run's)."""
+    import sys
+
+    cuda = sys.modules.get("numbaconv.cuda")
+    return cuda.transfer_stats() if cuda is not None else None
+
+
+def copies_row(before, after) -> Optional[tuple[str, str]]:
+    """The summary row of the copies between two ``cuda_copies()`` snapshots; None when there were
+    none (a run on another backend)."""
+    if after is None:
+        return None
+    d = {k: getattr(after, k) - (getattr(before, k) if before is not None else 0)
+         for k in ("h2d", "d2h", "h2d_bytes", "d2h_bytes")}
+    if not (d["h2d"] or d["d2h"]):
+        return None
+    return ("host<->GPU copies", f"{d['h2d']:,} up ({d['h2d_bytes'] / 1e6:,.1f} MB), {d['d2h']:,} down "
+            f"({d['d2h_bytes'] / 1e6:,.1f} MB): uploads, 1 up + 1 down per step, checks, checkpoints")
+
+
 def _clock(seconds: float) -> str:
     return "?" if math.isnan(seconds) else f"{int(seconds) // 60}:{int(seconds) % 60:02d}"
 
@@ -153,6 +175,7 @@ def train(
     display = _Display()
     try:
         spec = spec_from_options(options, prefix="--")
+        copies_before = cuda_copies()
         result = execute(spec, on_progress=display)
     except (RunFilesError, LockedError) as e:   # the folder, not the options: a full disk, another run in it
         display.close()
@@ -181,6 +204,9 @@ def train(
             ("best val acc", f"{result.best_val_acc:.4f} (epoch {result.best_epoch:.2f})"
              if result.best_val_acc is not None else "-"),
             ("files", f"{out}/best.h5 last.h5 history.json config.json curves.png")]
+    copies = copies_row(copies_before, cuda_copies())
+    if copies is not None:   # --backend cuda: the proof that steps stay on the device
+        rows.insert(5, copies)
     for k, v in rows:
         table.add_row(k, v)
     console.print(table)

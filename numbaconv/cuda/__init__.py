@@ -24,6 +24,7 @@ from .linear import Linear
 from .pool import MaxPool
 from .relu import ReLU
 from .softmax import softmax_loss
+from . import training as device_ops   # what device-resident training calls besides the layers
 
 NAME = "cuda"
 
@@ -55,4 +56,4 @@ def synchronize() -> None:
 
 __all__ = ["Conv", "Conv_BatchNorm_ReLU", "Conv_BatchNorm_ReLU_Pool", "MaxPool", "BatchNorm", "SpatialBatchNorm", "Linear", "ReLU", "softmax_loss", "NAME",
            "is_available", "synchronize", "SIMULATOR", "NO_GPU_HINT", "count_transfers", "transfer_stats",
-           "TransferStats"]
+           "TransferStats", "device_ops"]

@@ -44,13 +44,23 @@ class KernelSpec(NamedTuple):
 
 
 KERNELS: dict[str, KernelSpec] = {}
+# The kernels of device-resident training (numbaconv/cuda/train_kernels.py: minibatch gather
+# and augmentation, the loss, the update rules, evaluation): a registry of their own, so the
+# layer suites' "every kernel is launched" check stays about the layers; their own tests
+# (tests/test_cuda_training.py) compile every entry to PTX and check every launch.
+TRAINING_KERNELS: dict[str, KernelSpec] = {}
 
 
-def kernel(name: str, args: str, shared_elems: int = 0):
+def kernel(name: str, args: str, shared_elems: int = 0, registry: dict | None = None):
     def register(make):
-        KERNELS[name] = KernelSpec(make, args, shared_elems)
+        (KERNELS if registry is None else registry)[name] = KernelSpec(make, args, shared_elems)
         return make
     return register
+
+
+def spec(name: str) -> KernelSpec:
+    """A kernel's entry, from either registry."""
+    return KERNELS[name] if name in KERNELS else TRAINING_KERNELS[name]
 
 
 def device_function(fn):
@@ -68,16 +78,16 @@ def signature(name: str, dtype) -> types.Type:
     dt = _NB_DTYPES[np.dtype(dtype)]
     codes = {"A": types.Array(dt, 1, "C"), "I": types.Array(types.int32, 1, "C"),
              "L": types.Array(types.int64, 1, "C"), "i": types.int64, "f": types.float64}
-    return types.void(*(codes[c] for c in KERNELS[name].args))
+    return types.void(*(codes[c] for c in spec(name).args))
 
 
 def shared_bytes(name: str, dtype) -> int:
-    spec = KERNELS[name]
-    return spec.shared_elems * np.dtype(dtype).itemsize + 4 * spec.shared_int32
+    entry = spec(name)
+    return entry.shared_elems * np.dtype(dtype).itemsize + 4 * entry.shared_int32
 
 
 def python_kernel(name: str, dtype) -> Callable:
-    return KERNELS[name].make(_NB_DTYPES[np.dtype(dtype)])
+    return spec(name).make(_NB_DTYPES[np.dtype(dtype)])
 
 
 _compiled: dict = {}
@@ -840,3 +850,7 @@ def _make_softmax_loss_rows(dt):
                     p -= dt(1)
                 dx[base + c] = p / dt(N)
     return softmax_loss_rows
+
+
+# The training kernels register themselves in TRAINING_KERNELS (they use this module's helpers).
+from . import train_kernels  # noqa: E402,F401
