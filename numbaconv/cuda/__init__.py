@@ -5,7 +5,8 @@ NumPy arrays in -> NumPy arrays out; device arrays in (``numba.cuda.to_device``)
 -> device arrays out, with no host round trip, so a model can keep its tensors
 on the GPU. Other libraries' GPU arrays (anything with ``__cuda_array_interface__``
 or a CUDA ``__dlpack__``: PyTorch, CuPy) are taken without a copy and give numba
-device arrays out. ``count_transfers()`` counts the host<->device copies. Without a GPU the kernels run under the Numba CUDA simulator
+device arrays out. ``count_transfers()`` counts the host<->device copies; ``device_ops``
+(numbaconv.cuda.training) is what device-resident training calls besides the layers. Without a GPU the kernels run under the Numba CUDA simulator
 (``NUMBA_ENABLE_CUDASIM=1`` set before numba is imported): slow, but the same code.
 
 >>> import numpy as np
