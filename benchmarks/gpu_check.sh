@@ -7,7 +7,9 @@
 #   3. time the layers: numbaconv bench --device cuda --json "$OUT/cuda.json";
 #   4. time the fused conv-BN-ReLU-pool layer against its composition, kernel by
 #      kernel (benchmarks/cuda_kernel_times.py --op fused|composed);
-#   5. print a summary against the targets (500x over the reference for conv and
+#   5. train the fast recipe on the device for 10 s, beside PyTorch eager (cuDNN) on the same GPU
+#      when torch is there (benchmarks/train_gpu.py --against-torch);
+#   6. print a summary against the targets (500x over the reference for conv and
 #      max pool forward+backward; conv forward+backward float32 within 3x of PyTorch/cuDNN).
 # Needs python3 with numpy, numba, numba-cuda, h5py, typer, rich, pytest,
 # pytest-benchmark (and torch for the cuDNN column). Results land in $OUT
@@ -107,6 +109,14 @@ for op in fused composed; do
     | tee "$OUT/kernels-$op.txt" || status=1
 done
 
+echo "== device-resident training: the fast recipe, ours and PyTorch eager on this GPU"
+# 10 s of training steps per side on the synthetic set (DATASET=cifar10 or an HDF5 path for real data);
+# PyTorch's side only where torch is installed.
+against=""
+if python3 -c "import torch; assert torch.cuda.is_available()" 2>/dev/null; then against="--against-torch"; fi
+timeout 150 python3 benchmarks/train_gpu.py --recipe fast $against --budget 10 --dataset "${DATASET:-synthetic}" \
+  --json "$OUT/train-gpu.json" 2>&1 | tee "$OUT/train-gpu.txt" || status=1
+
 echo "== summary"
 python3 - "$OUT" "$status" <<'EOF'
 import json, sys
@@ -125,6 +135,9 @@ for r in rows:
     fmt = lambda v, spec: format("-", ">" + spec.split(".")[0]) if v is None else format(v, spec)
     print(f"{r['shape_set']:10} {r['op']:30} {r['shape']:44} {fmt(r['ms'], '9.3f')} {fmt(r.get('speedup'), '9.0f')} "
           f"{fmt(r.get('speedup_vs_cpu'), '7.1f')} {fmt(ratio, '10.2f')}")
+train = out / "train-gpu.txt"
+print("training:", " | ".join(l for l in train.read_text().splitlines() if l.startswith(("ours", "torch", "images/s")))
+      if train.exists() else "no output")
 print("targets:")
 for op in ("conv forward+backward", "max pool forward+backward"):
     # the assignment's bar, on the assignment's own timing shapes
