@@ -156,6 +156,27 @@ def test_residency_changes_nothing(runs):
     assert dev.record.val_acc == host.record.val_acc and dev.record.train_acc == host.record.train_acc
 
 
+def test_a_non_finite_step_is_rolled_back_on_the_device():
+    from numbaconv.solver import NonFiniteLossError
+
+    data = _data(HW=4)
+    data["X_train"][:] = np.inf   # every batch: an infinite conv output, NaN statistics and loss
+    model = _deepnet("cuda")
+    before = {k: v.copy() for k, v in model.params.items()}
+    solver = Solver(model, data, batch_size=2, num_epochs=1, seed=0, verbose=False,
+                    update_rule="sgd_momentum", optim_config={"learning_rate": 0.1})
+    with pytest.raises(NonFiniteLossError), np.errstate(invalid="ignore"):   # the simulator's NumPy scalars
+        solver.train()
+    assert solver.iteration == 0 and solver.loss_history == []
+    for k, v in model.params.items():   # back on the host, unchanged
+        assert isinstance(v, np.ndarray)
+        np.testing.assert_array_equal(v, before[k])
+    for bp in model.bn_params:          # the forward pass's running-statistics update undone
+        for key in ("running_mean", "running_var"):
+            assert isinstance(bp[key], np.ndarray) and not bp[key].any()
+    assert all("velocity" not in cfg for cfg in solver.optim_configs.values())
+
+
 # ---------------------------------------------------------------- the pieces
 RULE_CONFIGS = {
     "sgd": {"learning_rate": 0.1},
