@@ -117,7 +117,8 @@ def _train(case, backend):
         seen["best_on_host"] = all(isinstance(a, np.ndarray) for a in s.best_params.values())
 
     solver = Solver(make(backend), _data(HW=size), batch_size=2, num_epochs=1, seed=3, verbose=False,
-                    num_train_samples=2, schedule=schedule, on_iteration=on_iteration, on_epoch_end=on_epoch_end, **kwargs)
+                    num_train_samples=2, schedule=schedule, on_iteration=on_iteration, on_epoch_end=on_epoch_end,
+                    **kwargs)
     solver.train()
     return solver, steps, seen
 
