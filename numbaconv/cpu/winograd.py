@@ -27,7 +27,8 @@ from ._reduce import row_total
 # F(2x2, 3x3) weight transform: U = G w G^T
 G = np.array([[1.0, 0.0, 0.0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0.0, 0.0, 1.0]])
 # Below this many input channels the GEMMs' inner dimension is too short for the transforms to pay
-# (conv 3->32: im2col's K is 27 against Winograd's 3).
+# (conv 3->32: im2col's K is 27 against Winograd's 3). Measured (float32, N=128, ours / PyTorch):
+# 8->16 @ 16x16 im2col 1.01, Winograd 1.18; 16->32 @ 16x16 1.00 and 0.98; 32->64 0.76-0.83 Winograd.
 MIN_CHANNELS = 16
 # Tile columns per GEMM: images are grouped into blocks of at least this many tiles
 BLOCK_TILES = 128
