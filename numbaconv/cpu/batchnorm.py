@@ -15,6 +15,41 @@ from ..checks import batchnorm_params, check_dout
 from ._blas import kernel_threads
 
 
+# Reductions may be reordered (so LLVM vectorises them into partial sums) but nothing else: no
+# "nnan"/"ninf", so NaN and inf propagate as without fastmath. Only the sums get these flags;
+# the elementwise outputs keep their exact expressions. The order is fixed by the compiled code,
+# so results do not depend on the thread count.
+_REORDER = {"reassoc"}
+
+
+@njit(fastmath=_REORDER, cache=True)
+def _channel_sums(x, c, mu):
+    """(sum of x - mu, sum of (x - mu)**2) over channel c of x (N, C, P), in float64."""
+    N, _, P = x.shape
+    s = 0.0
+    s2 = 0.0
+    for n in range(N):
+        for p in range(P):
+            d = x[n, c, p] - mu
+            s += d
+            s2 += d * d
+    return s, s2
+
+
+@njit(fastmath=_REORDER, cache=True)
+def _channel_grad_sums(dout, x, c, mu, inv):
+    """(sum of dout, sum of dout * xhat) over channel c, xhat with forward's exact expression."""
+    N, _, P = x.shape
+    sb = 0.0
+    sg = 0.0
+    for n in range(N):
+        for p in range(P):
+            d = np.float64(dout[n, c, p])
+            sb += d
+            sg += d * ((x[n, c, p] - mu) * inv)
+    return sb, sg
+
+
 @njit(parallel=True, cache=True)
 def _bn_forward(x, gamma, beta, eps, train, mean, var, std, out):
     # train: mean/var are written (batch statistics); test: they are read (running statistics)
@@ -22,16 +57,10 @@ def _bn_forward(x, gamma, beta, eps, train, mean, var, std, out):
     M = N * P
     for c in prange(C):
         if train:
-            s = 0.0
-            for n in range(N):
-                for p in range(P):
-                    s += x[n, c, p]
+            # two passes (mean, then squares about it): exact centring, no cancellation
+            s, _ = _channel_sums(x, c, 0.0)
             mu = s / M
-            s2 = 0.0
-            for n in range(N):
-                for p in range(P):
-                    d = x[n, c, p] - mu
-                    s2 += d * d
+            _, s2 = _channel_sums(x, c, mu)
             mean[c] = mu
             var[c] = s2 / M
         mu = np.float64(mean[c])
@@ -54,17 +83,7 @@ def _bn_backward(dout, x, mean, std, gamma, train, staged, dx, dgamma, dbeta):
         sd = np.float64(std[c])
         inv = 1.0 / sd
         mu = np.float64(mean[c])
-        sb = 0.0
-        sg = 0.0
-        sxc = 0.0
-        for n in range(N):
-            for p in range(P):
-                d = np.float64(dout[n, c, p])
-                sb += d
-                xc = x[n, c, p] - mu
-                sg += d * (xc * inv)  # xhat, recomputed with forward's exact expression
-                if staged:
-                    sxc += d * g * xc
+        sb, sg = _channel_grad_sums(dout, x, c, mu, inv)
         dbeta[c] = sb
         dgamma[c] = sg
         if not train:  # the statistics are constants
@@ -74,6 +93,10 @@ def _bn_backward(dout, x, mean, std, gamma, train, staged, dx, dgamma, dbeta):
         elif staged:
             # backprop node by node, as the reference's backward: xhat = xc * inv_std,
             # inv_std = 1/std, std = sqrt(var + eps), var = mean(xc**2), xc = x - mu
+            sxc = 0.0
+            for n in range(N):
+                for p in range(P):
+                    sxc += dout[n, c, p] * g * (x[n, c, p] - mu)
             dstd = -sxc / (sd * sd)
             dvar = 0.5 * dstd / sd
             sdxc = 0.0
