@@ -4,7 +4,10 @@ Plain batch norm (N, D) is the P = 1 case; spatial batch norm (N, C, H, W) has
 P = H*W, so both normalise per channel over N*P values and no transpose is
 needed. Every kernel is parallel over channels: an iteration owns its
 channel's statistics, dgamma, dbeta and its slice of dx. Sums are accumulated
-in float64 in a fixed order (so float32 results are accurate and repeatable).
+in float64 in vector partial sums (fastmath "reassoc" only, see _REORDER) whose
+order the compiled code fixes, so float32 results are accurate and repeatable on
+any thread count. The variance is taken about the mean in a second pass (no
+one-pass cancellation); backward sums dout and dout*xhat in one pass, then dx.
 The normalised input xhat is not stored: backward recomputes it from x with the
 forward's exact expression, which saves a full-size write per forward pass.
 """
@@ -37,17 +40,28 @@ def _channel_sums(x, c, mu):
 
 
 @njit(fastmath=_REORDER, cache=True)
-def _channel_grad_sums(dout, x, c, mu, inv):
-    """(sum of dout, sum of dout * xhat) over channel c, xhat with forward's exact expression."""
+def _channel_grad_sums(dout, x, c, mu, inv, g, staged):
+    """(sum of dout, sum of dout * xhat, and when staged sum of dout * g * (x - mu), else 0) over
+    channel c, xhat with forward's exact expression. Two loops so neither tests staged per element."""
     N, _, P = x.shape
     sb = 0.0
     sg = 0.0
-    for n in range(N):
-        for p in range(P):
-            d = np.float64(dout[n, c, p])
-            sb += d
-            sg += d * ((x[n, c, p] - mu) * inv)
-    return sb, sg
+    sxc = 0.0
+    if staged:
+        for n in range(N):
+            for p in range(P):
+                d = np.float64(dout[n, c, p])
+                xc = x[n, c, p] - mu
+                sb += d
+                sg += d * (xc * inv)
+                sxc += d * g * xc
+    else:
+        for n in range(N):
+            for p in range(P):
+                d = np.float64(dout[n, c, p])
+                sb += d
+                sg += d * ((x[n, c, p] - mu) * inv)
+    return sb, sg, sxc
 
 
 @njit(parallel=True, cache=True)
@@ -83,7 +97,7 @@ def _bn_backward(dout, x, mean, std, gamma, train, staged, dx, dgamma, dbeta):
         sd = np.float64(std[c])
         inv = 1.0 / sd
         mu = np.float64(mean[c])
-        sb, sg = _channel_grad_sums(dout, x, c, mu, inv)
+        sb, sg, sxc = _channel_grad_sums(dout, x, c, mu, inv, g, staged and train)
         dbeta[c] = sb
         dgamma[c] = sg
         if not train:  # the statistics are constants
@@ -93,10 +107,6 @@ def _bn_backward(dout, x, mean, std, gamma, train, staged, dx, dgamma, dbeta):
         elif staged:
             # backprop node by node, as the reference's backward: xhat = xc * inv_std,
             # inv_std = 1/std, std = sqrt(var + eps), var = mean(xc**2), xc = x - mu
-            sxc = 0.0
-            for n in range(N):
-                for p in range(P):
-                    sxc += dout[n, c, p] * g * (x[n, c, p] - mu)
             dstd = -sxc / (sd * sd)
             dvar = 0.5 * dstd / sd
             sdxc = 0.0
