@@ -129,7 +129,7 @@ class TorchRecipe:
                         s.mul_(d).add_(p, alpha=1.0 - d)
                         p.copy_(s)
         self.steps += 1
-        return float(loss)
+        return float(loss.detach())   # the value only: no autograd warning
 
     def accuracy(self, X, y, batch: int = 500) -> float:
         """Accuracy with BN running statistics (and the mirror averaged in, if the recipe says so)."""

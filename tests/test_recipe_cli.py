@@ -22,14 +22,18 @@ def test_recipe_fast_trains_and_resumes(tmp_path):
     out = tmp_path / "run"
     r = runner.invoke(app, [*BASE, "--epochs", "1", "--out", str(out)])
     assert r.exit_code == 0, r.output
-    assert ("training fast net of recipe fast (widths 24,48,96, float32) with sgd_nesterov, scheduled lr (peak 0.4), "
-            "batch 256") in " ".join(r.output.split())
+    from numbaconv.recipe import RECIPES
+
+    fast = RECIPES["fast"]   # the summary line is made from the recipe table
+    widths = ",".join(str(w) for w in fast["model"]["widths"])
+    assert (f"training fast net of recipe fast (widths {widths}, float32) with sgd_nesterov, scheduled lr "
+            f"(peak {fast['peak_lr']:g}), batch {fast['batch_size']}") in " ".join(r.output.split())
     config = json.loads((out / "config.json").read_text())
     assert config["model"]["kind"] == "fast" and config["model"]["smoothing"] == 0.2
     assert config["run"]["recipe"] == "fast" and config["solver"]["update_rule"] == "sgd_nesterov"
-    assert config["solver"]["batch_size"] == 256
+    assert config["solver"]["batch_size"] == fast["batch_size"] > 40
     history = json.loads((out / "history.json").read_text())
-    assert history["epoch"] == [1.0] and len(history["loss"]) == 1   # 40 images < 256: one step an epoch
+    assert history["epoch"] == [1.0] and len(history["loss"]) == 1   # 40 images < the batch: one step an epoch
 
     r = runner.invoke(app, ["train", "--resume", str(out / "last.h5"), "--epochs", "2", "--out", str(out)])
     assert r.exit_code == 0, r.output

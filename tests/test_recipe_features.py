@@ -236,7 +236,7 @@ def test_recipe_trains_and_reduces_loss():
     data["y_train"] = np.arange(64) % 2      # a learnable toy task
     data["X_train"][data["y_train"] == 1, 0] += 1.5
     model, solver = recipe_solver("fast", data, time_budget=None, num_epochs=8, verbose=False)
-    solver.batch_size = 32   # the recipe's 256 exceeds the toy set
+    solver.batch_size = 32   # the recipe's batch exceeds the toy set
     solver.train()
     first, last = np.mean(solver.loss_history[:2]), np.mean(solver.loss_history[-2:])
     assert last < first
