@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 from numbaconv import bench
 from numbaconv.bench import (OPS, OPS_BY_NAME, SHAPE_SETS, WIDE_SHAPES, Op, Shape, busy_processes, conv_flops,
                              numbaconv_op, op_flops, ops_for, run_benchmarks, run_step_benchmark, step_data, torch_op)
+from numbaconv.recipe import RECIPES
 from numbaconv_cli.main import app
 
 HAS_TORCH = importlib.util.find_spec("torch") is not None
@@ -87,9 +88,10 @@ def test_step_data_has_every_class_and_cifar_shapes():
 
 def test_step_benchmark_row_without_torch():
     row = run_step_benchmark("fast", repeat=2, torch=False, data=step_data(n=300))
-    assert row["op"] == "training step" and row["batch"] == 256 and row["recipe"] == "fast"
+    batch = RECIPES["fast"]["batch_size"]
+    assert row["op"] == "training step" and row["batch"] == batch and row["recipe"] == "fast"
     assert 0 < row["ms"] <= row["median_ms"]
-    assert np.isclose(row["images_per_s"], 256 / row["ms"] * 1e3)
+    assert np.isclose(row["images_per_s"], batch / row["ms"] * 1e3)
     assert row["torch_ms"] is None and row["torch_ratio"] is None and row["images_per_s_ratio"] is None
 
 
