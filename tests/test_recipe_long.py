@@ -4,6 +4,7 @@ alternating flips' seed, per-group learning rates) and evaluates like every othe
 import numpy as np
 import pytest
 
+from conftest import load_benchmark
 from numbaconv.checkpoint import load_checkpoint, save_checkpoint
 from numbaconv.models import build_model
 from numbaconv.recipe import RECIPES, describe_recipe, recipe_model_config, recipe_solver, recipe_solver_kwargs
@@ -85,14 +86,7 @@ def test_long_recipe_checkpoints_resume_bit_identical_and_evaluate(tmp_path):
 
 
 def _bench():
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "time_to_accuracy.py"
-    spec = importlib.util.spec_from_file_location("time_to_accuracy", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("time_to_accuracy")
 
 
 def test_time_to_accuracy_points_summary_and_plot(tmp_path):

@@ -1,20 +1,14 @@
 """benchmarks/recipe_variants.py: a variant is the recipe's table entry with overrides, trained
 for a fixed number of steps with the schedule over those steps."""
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 import pytest
 
+from conftest import load_benchmark
 from numbaconv.recipe import RECIPES
 
 
 def _module():
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "recipe_variants.py"
-    spec = importlib.util.spec_from_file_location("recipe_variants", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("recipe_variants")
 
 
 def test_variant_overrides_the_table_and_names_unknown_keys():
