@@ -829,19 +829,26 @@ def _make_relu_backward(dt):
     return relu_backward
 
 
+@device_function
+def row_log_sum_exp(x, base, C):
+    """(top, log_total) of the scores x[base:base + C]: their max, and the log of the sum of
+    exp(score - max) (shifted by the max so exp never overflows); log p_c = x_c - top - log_total."""
+    top = x[base]
+    for c in range(1, C):
+        top = max(top, x[base + c])
+    total = math.exp(x[base] - top)
+    for c in range(1, C):
+        total += math.exp(x[base + c] - top)
+    return top, math.log(total)
+
+
 @kernel("softmax_loss_rows", "ALAAii")
 def _make_softmax_loss_rows(dt):
     def softmax_loss_rows(x, y, dx, loss, N, C):
         # One thread per row: shift by the row max so exp never overflows.
         for row in range(cuda.grid(1), N, cuda.gridsize(1)):
             base = row * C
-            top = x[base]
-            for c in range(1, C):
-                top = max(top, x[base + c])
-            total = dt(0)
-            for c in range(C):
-                total += math.exp(x[base + c] - top)
-            log_total = math.log(total)
+            top, log_total = row_log_sum_exp(x, base, C)
             label = y[row]
             loss[row] = -(x[base + label] - top - log_total)
             for c in range(C):

@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 
 from ._runtime import cuda
-from .kernels import RED_THREADS, TRAINING_KERNELS, block_sum, kernel
+from .kernels import RED_THREADS, TRAINING_KERNELS, block_sum, kernel, row_log_sum_exp
 
 
 def training_kernel(name: str, args: str, shared_elems: int = 0):
@@ -127,13 +127,7 @@ def _make_smoothed_softmax_rows(dt):
         hit = dt(1) - dt(eps)
         for row in range(cuda.grid(1), N, cuda.gridsize(1)):
             base = row * C
-            top = x[base]
-            for c in range(1, C):
-                top = max(top, x[base + c])
-            total = dt(0)
-            for c in range(C):
-                total += math.exp(x[base + c] - top)
-            log_total = math.log(total)
+            top, log_total = row_log_sum_exp(x, base, C)
             label = y[row]
             acc = dt(0)
             for c in range(C):
