@@ -22,7 +22,6 @@ import copy
 import json
 import os
 import sys
-import time
 
 import numpy as np
 
@@ -52,17 +51,12 @@ def build(entry: dict, data: dict, steps: int, seed: int):
         def num_iterations(self) -> int:
             return steps
 
-    name = "_variant"
-    R.RECIPES[name] = entry   # recipe_solver_kwargs reads the table by name
-    try:
-        num_classes = int(max(data["y_train"].max(), data["y_val"].max())) + 1
-        model = build_model(R.recipe_model_config(name, data["X_train"].shape[1:], num_classes), seed=seed)
-        ipe = max(data["X_train"].shape[0] // entry["batch_size"], 1)
-        solver = FixedSteps(model, data, num_epochs=-(-steps // ipe), seed=seed, verbose=False,
-                            num_train_samples=1000, **R.recipe_solver_kwargs(name, None))
-        R.apply_param_groups(solver, entry["lr_scales"])
-    finally:
-        del R.RECIPES[name]
+    num_classes = int(max(data["y_train"].max(), data["y_val"].max())) + 1
+    model = build_model(R.recipe_model_config(entry, data["X_train"].shape[1:], num_classes), seed=seed)
+    ipe = max(data["X_train"].shape[0] // entry["batch_size"], 1)
+    solver = FixedSteps(model, data, num_epochs=-(-steps // ipe), seed=seed, verbose=False,
+                        num_train_samples=1000, **R.recipe_solver_kwargs(entry, None))
+    R.apply_param_groups(solver, entry["lr_scales"])
     return model, solver
 
 
@@ -76,7 +70,7 @@ def main(argv=None):
     mode = ap.add_mutually_exclusive_group(required=True)
     mode.add_argument("--cost", action="store_true", help="relative step cost, variants taken in turns")
     mode.add_argument("--steps", type=int, help="train each variant this many steps; report val accuracy")
-    ap.add_argument("--rounds", type=int, default=6, help="--cost: turns per variant (5 steps each)")
+    ap.add_argument("--rounds", type=int, default=30, help="--cost: timed steps per variant, one a turn")
     a = ap.parse_args(argv)
 
     from numbaconv.data import load_dataset
@@ -92,24 +86,19 @@ def main(argv=None):
     print(f"{ds.X_train.shape[0]} train / {ds.X_val.shape[0]} val; load average {os.getloadavg()[0]:.2f}", flush=True)
 
     if a.cost:
-        solvers = {}
-        for name, entry in entries.items():
-            _, s = build(entry, data, 10 ** 9, a.seed)
+        from numbaconv.bench import interleaved_times
+
+        solvers = {name: build(entry, data, 10 ** 9, a.seed)[1] for name, entry in entries.items()}
+        for s in solvers.values():
             s.warmup()
-            s._step(), s._step()   # compiled and allocated before timing
-            solvers[name] = s
-        times = {name: [] for name in solvers}
-        for _ in range(a.rounds):
-            for name, s in solvers.items():
-                start = time.perf_counter()
-                for _ in range(5):
-                    s._step()
-                times[name].append((time.perf_counter() - start) / 5)
-        base = np.median(times[next(iter(solvers))])
+        # one step a turn, ours after ours: a burst of load hits every variant alike
+        times = interleaved_times({name: s._step for name, s in solvers.items()}, a.rounds)
+        first = next(iter(solvers))
+        base = np.median(times[first]) / solvers[first].batch_size   # seconds per image
         for name, s in solvers.items():
             t = np.median(times[name])
-            print(f"{name:16s} {1000 * t:7.1f} ms/step  {t / base:5.2f}x the first  "
-                  f"{s.batch_size / t:6.0f} img/s  per image {t / s.batch_size / (base / solvers[next(iter(solvers))].batch_size):.2f}x")
+            print(f"{name:16s} {1000 * t:7.1f} ms/step  {s.batch_size / t:6.0f} img/s  "
+                  f"per image {t / s.batch_size / base:.2f}x the first")
         print(f"load average {os.getloadavg()[0]:.2f}")
         return 0
 

@@ -261,20 +261,24 @@ def describe_recipe(name: str) -> str:
             f"test-time: {' and '.join(tta) or 'none'}; judged on {r['num_val']} validation images (the --num-val default)")
 
 
-def _recipe(name: str) -> dict:
+def _recipe(name) -> dict:
+    """Recipe ``name``'s table entry; an entry itself (a dict, e.g. a variant being compared by
+    benchmarks/recipe_variants.py) is taken as it is, so variants need not enter the table."""
+    if isinstance(name, dict):
+        return name
     if name not in RECIPES:
         raise ValueError(f"unknown recipe {name!r}; choose one of {', '.join(RECIPES)}")
     return RECIPES[name]
 
 
-def recipe_model_config(name: str, input_dims, num_classes: int, backend: str = "cpu") -> dict:
-    """The model config (for ``build_model``) of recipe ``name``."""
+def recipe_model_config(name, input_dims, num_classes: int, backend: str = "cpu") -> dict:
+    """The model config (for ``build_model``) of recipe ``name`` (or of a table entry)."""
     return {**_recipe(name)["model"], "input_dims": list(input_dims), "num_classes": int(num_classes),
             "backend": backend}
 
 
-def recipe_solver_kwargs(name: str, time_budget: float | None) -> dict:
-    """Solver arguments of recipe ``name``: update rule, optimizer config, batch size and the
+def recipe_solver_kwargs(name, time_budget: float | None) -> dict:
+    """Solver arguments of recipe ``name`` (or of a table entry): update rule, optimizer config, batch size and the
     schedule/augment hooks (the schedule runs over ``time_budget`` seconds, or the iterations if None),
     lookahead. Call ``apply_param_groups(solver, RECIPES[name]["lr_scales"])`` on the Solver afterwards
     (a fresh one; resumed configs keep it, as the Solver's state keeps the lookahead settings)."""
