@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 
 from ._runtime import cuda
-from .kernels import RED_THREADS, TRAINING_KERNELS, block_sum, kernel, row_log_sum_exp
+from .kernels import RED_THREADS, TRAINING_KERNELS, block_sum, device_function, kernel, row_log_sum_exp
 
 
 def training_kernel(name: str, args: str, shared_elems: int = 0):
@@ -74,19 +74,25 @@ def _make_shift_flip(dt):
 
 
 # ----------------------------------------------------------------- model-level ops
+@device_function
+def first_argmax(x, base, L):
+    """(max, its index) of x[base:base + L] as NumPy's argmax: the first maximum, or the first NaN."""
+    best = x[base]
+    k = 0
+    for t in range(1, L):
+        v = x[base + t]
+        if v > best or (v != v and best == best):
+            best = v
+            k = t
+    return best, k
+
+
 @training_kernel("global_max_pool_forward", "AAIii")
 def _make_global_max_pool_forward(dt):
     def global_max_pool_forward(x, out, arg, NC, L):
         # The max of each (n, c) map; ties and NaN as NumPy's argmax: the first wins.
         for m in range(cuda.grid(1), NC, cuda.gridsize(1)):
-            base = m * L
-            best = x[base]
-            k = 0
-            for t in range(1, L):
-                v = x[base + t]
-                if v > best or (v != v and best == best):
-                    best = v
-                    k = t
+            best, k = first_argmax(x, m * L, L)
             out[m] = best
             arg[m] = k
     return global_max_pool_forward
@@ -174,15 +180,7 @@ def _make_row_argmax(dt):
     def row_argmax(scores, preds, N, C, offset):
         # preds[offset + r]: the first index of row r's maximum (NumPy's argmax, NaN first)
         for r in range(cuda.grid(1), N, cuda.gridsize(1)):
-            base = r * C
-            best = scores[base]
-            k = 0
-            for c in range(1, C):
-                v = scores[base + c]
-                if v > best or (v != v and best == best):
-                    best = v
-                    k = c
-            preds[offset + r] = k
+            preds[offset + r] = first_argmax(scores, r * C, C)[1]
     return row_argmax
 
 
