@@ -109,25 +109,43 @@ def test_free_cores_reads_the_machine():
     assert 1 <= free <= len(os.sched_getaffinity(0))
 
 
-def test_free_cores_results_match_one_thread_when_it_picks_one(monkeypatch):
-    """With one core free, a kernel call computes exactly what it computes on one thread."""
+def test_free_cores_results_do_not_depend_on_the_load(monkeypatch):
+    """With one core free, a kernel call runs on one thread but computes the chunks it was planned
+    for at the caller's thread count, in turns: exactly the quiet machine's results (conv backward
+    and linear backward sum per-chunk partials, so a different chunk count would change bits)."""
     from numbaconv import get_backend
 
     cpu = get_backend("cpu")
     rng = np.random.default_rng(1)
     x, w = rng.standard_normal((8, 3, 16, 16)), rng.standard_normal((4, 3, 3, 3))
+    x2, w2 = rng.standard_normal((64, 300)), rng.standard_normal((300, 50))
 
     def run():
         out, cache = cpu.Conv.forward(x, w, np.zeros(4), {"stride": 1, "pad": 1})
-        return cpu.Conv.backward(out, cache)
+        s, lcache = cpu.Linear.forward(x2, w2, np.zeros(50))
+        return cpu.Conv.backward(out, cache) + cpu.Linear.backward(s, lcache)
 
     n = numba.get_num_threads()
-    numba.set_num_threads(1)
-    try:
-        one = run()
-    finally:
-        numba.set_num_threads(n)
+    quiet = run()
     monkeypatch.setattr(_threads, "_free_cores", True)
     monkeypatch.setattr(_threads, "free_cores", lambda: 1)
-    for a, b in zip(one, run()):
+    seen = []
+    real = _blas.work_chunks
+    monkeypatch.setattr("numbaconv.cpu.conv.work_chunks", lambda N: seen.append(numba.get_num_threads()) or real(N))
+    busy = run()
+    assert seen and set(seen) == {1}                   # the calls did run on one thread
+    assert real(8) == min(n, 8)                         # outside a call: the caller's count
+    for a, b in zip(quiet, busy):
         np.testing.assert_array_equal(a, b)
+
+
+def test_work_chunks_follow_the_planned_count_not_the_running_one(monkeypatch):
+    n = numba.get_num_threads()
+    monkeypatch.setattr(_threads, "_free_cores", True)
+    monkeypatch.setattr(_threads, "free_cores", lambda: 1)
+    with _blas.kernel_threads(_blas.SMALL_WORK * 4):
+        assert numba.get_num_threads() == 1 and _blas.work_chunks(100) == n
+        with _blas.kernel_threads(1):                    # small work: planned for one thread
+            assert _blas.work_chunks(100) == 1
+        assert _blas.work_chunks(100) == n              # the outer call's plan is back
+    assert _blas.work_chunks(3) == min(n, 3)

@@ -64,21 +64,40 @@ def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.nd
 # ReLU on 150 elements: 8 ms on 2 threads, 6 us on 1).
 SMALL_WORK = 1 << 15
 
+_planned = threading.local()   # .n: the thread count the current kernel call's work is split for
+
 
 @contextmanager
 def kernel_threads(work: int):
     """Numba threads for one kernel call: the caller's count, or 1 for small work (or fewer when
     the free-cores candidate of ``_threads`` is chosen and other processes hold cores).
 
+    The work is split for the caller's count either way (``work_chunks``), so a call that runs on
+    fewer threads computes the same chunks in turns: the same partial sums, the same results.
     ``numba.set_num_threads`` is thread-local and restored on exit, so this is
     scoped to the call like ``blas_threads``."""
     n = numba.get_num_threads()
+    planned = 1 if work < SMALL_WORK else n
     want = 1 if work < SMALL_WORK else threads_for_call(n)   # n unless a _threads candidate says less
-    if want == n:
-        yield
-        return
-    numba.set_num_threads(want)
+    outer = getattr(_planned, "n", None)
+    _planned.n = planned
     try:
-        yield
+        if want == n:
+            yield
+            return
+        numba.set_num_threads(want)
+        try:
+            yield
+        finally:
+            numba.set_num_threads(n)
     finally:
-        numba.set_num_threads(n)
+        _planned.n = outer
+
+
+def work_chunks(N: int) -> int:
+    """Chunks of images for one kernel call (each with its own partial sums, added in chunk order):
+    one per thread the call was planned for (``kernel_threads``; outside one: Numba's current
+    count), at most N. Planned, not running threads: results depend on the thread count the
+    caller set, never on how many cores the machine's load left free."""
+    n = getattr(_planned, "n", None) or numba.get_num_threads()
+    return max(1, min(n, N))

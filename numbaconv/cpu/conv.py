@@ -17,13 +17,12 @@ than storing it).
 Without an OpenBLAS callable from Numba (``_gemm.AVAILABLE``), the same
 layout runs as whole-batch im2col + one NumPy matmul per product.
 """
-import numba
 import numpy as np
 from numba import njit, prange
 
 from ..checks import check_dout, conv_geometry
 from . import _gemm, winograd
-from ._blas import blas_threads, kernel_threads, matmul
+from ._blas import blas_threads, kernel_threads, matmul, work_chunks
 from ._gemm import gemm
 from ._reduce import row_total
 
@@ -185,11 +184,6 @@ def with_bias(w2, b):
     return np.ascontiguousarray(np.concatenate((w2, b.reshape(-1, 1)), axis=1))
 
 
-def _chunks(N):
-    """Chunks of images for one kernel call: one per thread, at most N."""
-    return max(1, min(numba.get_num_threads(), N))
-
-
 class Conv:
     @staticmethod
     def forward(x, w, b, conv_param):
@@ -204,11 +198,11 @@ class Conv:
             if _gemm.AVAILABLE:
                 with blas_threads(1):  # Numba's threads each run their own GEMM
                     if winograd.usable(g.C, g.HH, g.WW, g.stride):
-                        U = winograd.forward(x, w, b, g.pad, g.H_out, g.W_out, _chunks(g.N),
+                        U = winograd.forward(x, w, b, g.pad, g.H_out, g.W_out, work_chunks(g.N),
                                              out.reshape(g.N, g.F, -1))
                     else:
-                        _forward(x, with_bias(w2, b), g.HH, g.WW, g.stride, g.pad, g.H_out, g.W_out, _chunks(g.N),
-                                 out.reshape(g.N, g.F, -1))
+                        _forward(x, with_bias(w2, b), g.HH, g.WW, g.stride, g.pad, g.H_out, g.W_out,
+                                 work_chunks(g.N), out.reshape(g.N, g.F, -1))
             else:
                 _forward_fallback(x, w2, b, g, out)
         return out, (x, w2, tuple(w.shape), g, U)
@@ -223,10 +217,10 @@ class Conv:
         with kernel_threads(dout.size * w2.shape[1]):
             if U is not None:
                 with blas_threads(1):
-                    dw, db = winograd.backward(x, U, dout.reshape(g.N, g.F, -1), g.pad, _chunks(g.N), True, dx)
+                    dw, db = winograd.backward(x, U, dout.reshape(g.N, g.F, -1), g.pad, work_chunks(g.N), True, dx)
                 return dx, dw, db
             if _gemm.AVAILABLE:
-                T = _chunks(g.N)
+                T = work_chunks(g.N)
                 dw_part = np.empty((T, g.F, w2.shape[1]), dtype=x.dtype)
                 db_part = np.empty((T, g.F), dtype=x.dtype)
                 with blas_threads(1):

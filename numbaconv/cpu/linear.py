@@ -3,13 +3,12 @@ thread; each chunk runs single-threaded BLAS GEMMs on the rows it owns (out,
 dx) and its own partial dw and db, summed in chunk order afterwards, so no
 second thread pool runs and results repeat for a fixed thread count. Without a
 Numba-callable BLAS (``_gemm.AVAILABLE``) the products are NumPy matmuls."""
-import numba
 import numpy as np
 from numba import njit, prange
 
 from ..checks import check_dout, linear_shapes
 from . import _gemm
-from ._blas import blas_threads, kernel_threads, matmul
+from ._blas import blas_threads, kernel_threads, matmul, work_chunks
 from ._gemm import gemm
 
 
@@ -41,10 +40,6 @@ def _backward(x, w, dout, dx, dw_part, db_part):
             db_part[t, m] = s
 
 
-def _chunks(N):
-    return max(1, min(numba.get_num_threads(), N))
-
-
 class Linear:
     @staticmethod
     def forward(x, w, b):
@@ -57,7 +52,7 @@ class Linear:
             return matmul(x2, w) + b, (x, w)
         out = np.empty((N, M), dtype=x2.dtype)
         with kernel_threads(N * D * M), blas_threads(1):
-            _forward(x2, w, b, out, _chunks(N))
+            _forward(x2, w, b, out, work_chunks(N))
         return out, (x, w)
 
     @staticmethod
@@ -71,7 +66,7 @@ class Linear:
         if not _gemm.AVAILABLE:
             return matmul(dout, w.T).reshape(x.shape), matmul(x2.T, dout), dout.sum(axis=0)
         with kernel_threads(N * D * M), blas_threads(1):
-            T = _chunks(N)
+            T = work_chunks(N)
             dx = np.empty((N, D), dtype=dout.dtype)
             dw_part = np.empty((T, D, M), dtype=dout.dtype)
             db_part = np.empty((T, M), dtype=dout.dtype)
