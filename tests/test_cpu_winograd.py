@@ -72,6 +72,19 @@ def test_weights_grad_is_the_adjoint_of_transform_weights():
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_weight_transforms_are_g_w_gt_and_its_adjoint(dtype):
+    # the kernels against the definitions U = G w G^T and dw = G^T dU G, written with einsum
+    rng = np.random.default_rng(3)
+    w, dU = rng.standard_normal((5, 4, 3, 3)).astype(dtype), rng.standard_normal((16, 5, 4)).astype(dtype)
+    G = winograd.G
+    U = winograd.transform_weights(w, dtype)
+    assert U.dtype == dtype
+    _close(U, np.einsum("ak,fckl,bl->abfc", G, w, G).reshape(16, 5, 4), dtype, "U")
+    _close(winograd.weights_grad(dU), np.einsum("ak,abfc,bl->fckl", G, dU.reshape(4, 4, 5, 4).astype(np.float64), G),
+           np.float64, "dw")
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
 def test_results_repeat_exactly(every_layer, dtype):
     rng = np.random.default_rng(3)
     x = rng.standard_normal((7, 3, 6, 6)).astype(dtype)
