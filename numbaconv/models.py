@@ -118,6 +118,16 @@ class _ConvNet:
                     ops.add_l2(loss, w, self.reg)
                     grads[name] = ops.axpby(grads[name], w, 1.0, 2.0 * self.reg)
 
+    def _host_l2(self, loss: float, grads) -> float:
+        """L2 on the host: returns loss + reg * sum(W**2); dW += 2 reg W. Nothing at reg 0 (the
+        recipes' case: a pass over every weight and a new gradient array each step, for nothing)."""
+        if self.reg:
+            for name, w in self.params.items():
+                if name.startswith("W"):
+                    loss += self.reg * float(np.sum(w.astype(np.float64) ** 2))
+                    grads[name] = grads[name] + (2.0 * self.reg) * w
+        return loss
+
     @staticmethod
     def _backward(layer, dh, cache, first: bool):
         """layer.backward; for the first layer, a layer that can skips dx (the images' gradient: unused)."""
@@ -157,11 +167,7 @@ class _ConvNet:
             return ops.loss_value(loss), grads
         loss, dscores = self.nb.softmax_loss(scores, y)
         grads = grads_from_scores(dscores)
-        for name, w in self.params.items():
-            if name.startswith("W"):
-                loss += self.reg * float(np.sum(w.astype(np.float64) ** 2))
-                grads[name] = grads[name] + (2.0 * self.reg) * w
-        return loss, grads
+        return self._host_l2(loss, grads), grads
 
     def predict(self, X, batch_size: int = 100) -> np.ndarray:
         """Predicted labels (N,), computed in batches in test mode."""
@@ -618,11 +624,7 @@ class FastNet(_ConvNet):
         if ops is not None:
             self._device_l2(ops, loss, grads)
             return ops.loss_value(loss), grads
-        for name, w in self.params.items():
-            if name.startswith("W"):
-                loss += self.reg * float(np.sum(w.astype(np.float64) ** 2))
-                grads[name] = grads[name] + (2.0 * self.reg) * w
-        return loss, grads
+        return self._host_l2(loss, grads), grads
 
 
 MODELS = {ThreeLayerConvNet.kind: ThreeLayerConvNet, DeepConvNet.kind: DeepConvNet, FastNet.kind: FastNet}
