@@ -356,12 +356,28 @@ def numbaconv_op(nb, op: str, shape: Shape, a: dict) -> Callable[[], object]:
     return _op(op).ours(nb, shape, a)
 
 
-def torch_op(torch, op: str, shape: Shape, a: dict, device: str = "cpu") -> Callable[[], object] | None:
-    """The same op in PyTorch (autograd for the backward), or None where it has no counterpart."""
+# PyTorch's memory formats for the comparison. channels_last (NHWC) is oneDNN's own layout and the
+# faster one on this CPU (conv forward+backward 0.67-0.89x of NCHW's time on the cifar and wide
+# shapes, a fast-recipe step ~0.8x), so it is the default: ratios are against PyTorch at its best.
+TORCH_LAYOUTS = ("channels_last", "nchw")
+
+
+def _memory_format(torch, layout: str):
+    if layout not in TORCH_LAYOUTS:
+        raise ValueError(f"unknown torch layout {layout!r}; choose one of {', '.join(TORCH_LAYOUTS)}")
+    return torch.channels_last if layout == "channels_last" else torch.contiguous_format
+
+
+def torch_op(torch, op: str, shape: Shape, a: dict, device: str = "cpu",
+             layout: str = "channels_last") -> Callable[[], object] | None:
+    """The same op in PyTorch (autograd for the backward), or None where it has no counterpart;
+    4-d inputs in ``layout``'s memory format (the ops' clones keep it)."""
     make = _op(op).torch
     if make is None:
         return None
-    return make(torch, shape, {k: torch.from_numpy(v).to(device) for k, v in a.items()})
+    mf = _memory_format(torch, layout)
+    return make(torch, shape, {k: (torch.from_numpy(v).to(device).contiguous(memory_format=mf) if v.ndim == 4
+                                   else torch.from_numpy(v).to(device)) for k, v in a.items()})
 
 
 def op_flops(op: str, shape: Shape) -> float | None:
@@ -389,10 +405,12 @@ def _to_device(nb, a: dict) -> dict:
 
 def run_benchmarks(backend: str, dtype: str, shapes=CIFAR_SHAPES, repeat: int = 5, reference: bool = True,
                    torch: bool = True, bn_alt: bool = False, compare_cpu: bool | None = None,
-                   reference_max_iterations: int | None = REFERENCE_MAX_ITERATIONS) -> list[dict]:
+                   reference_max_iterations: int | None = REFERENCE_MAX_ITERATIONS,
+                   torch_layout: str = "channels_last") -> list[dict]:
     """Time every op of ``backend`` on ``shapes``; one dict per (op, shape).
     The reference is timed where its loop count is at most ``reference_max_iterations``
-    (None: always): best of up to 3 calls, one call above REFERENCE_MAX_ITERATIONS.
+    (None: always): best of up to 3 calls, one call above REFERENCE_MAX_ITERATIONS. PyTorch's
+    inputs are in ``torch_layout`` (TORCH_LAYOUTS).
 
     Keys: op, shape, ms (the backend), reference_ms, speedup (reference/backend),
     gflops (conv only), torch_ms, torch_ratio (backend/torch: below 1 is faster),
@@ -421,7 +439,7 @@ def run_benchmarks(backend: str, dtype: str, shapes=CIFAR_SHAPES, repeat: int = 
             if cpu is not None:
                 fns["cpu_ms"] = numbaconv_op(cpu, op, shape, a)
             if th is not None:
-                top = torch_op(th, op, shape, a, tdev)
+                top = torch_op(th, op, shape, a, tdev, torch_layout)
                 if top is not None:
                     fns["torch_ms"] = top
                     syncs["torch_ms"] = th.cuda.synchronize if tdev == "cuda" else None
@@ -430,7 +448,8 @@ def run_benchmarks(backend: str, dtype: str, shapes=CIFAR_SHAPES, repeat: int = 
                     times = interleaved_best_ms(fns, repeat, syncs)
             else:
                 times = interleaved_best_ms(fns, repeat, syncs)
-            row = {"op": op, "shape": shape.label, "dtype": dtype.name, "backend": backend, **times}
+            row = {"op": op, "shape": shape.label, "dtype": dtype.name, "backend": backend, **times,
+                   "torch_layout": torch_layout if "torch_ms" in times else None}
             row.setdefault("torch_ms", None)
             cost = _reference_cost(shape)
             if ref is not None and backend != "reference" and (reference_max_iterations is None
@@ -463,7 +482,7 @@ def step_data(n: int = 1024, input_dims=(3, 32, 32), num_classes: int = 10, seed
 
 
 def run_step_benchmark(recipe: str = "fast", repeat: int = 5, torch: bool = True, seed: int = 0,
-                       data: dict | None = None) -> dict:
+                       data: dict | None = None, torch_layout: str = "channels_last") -> dict:
     """One training step (minibatch gather, augmentation, forward, backward, update) of ``recipe``
     with the cpu backend against the same network in PyTorch (numbaconv.torch_recipe), in turns
     (ours, theirs, ours, ...) after one warm-up step each, on Numba's thread count.
@@ -483,7 +502,8 @@ def run_step_benchmark(recipe: str = "fast", repeat: int = 5, torch: bool = True
     if th is not None:
         from .torch_recipe import TorchRecipe
 
-        theirs = TorchRecipe(recipe, data, seed=seed)
+        _memory_format(th, torch_layout)   # a bad name is an error before anything is built
+        theirs = TorchRecipe(recipe, data, seed=seed, channels_last=torch_layout == "channels_last")
         theirs.warmup()
         fns["torch_ms"] = theirs.step
     if th is not None:
@@ -493,7 +513,7 @@ def run_step_benchmark(recipe: str = "fast", repeat: int = 5, torch: bool = True
         times = interleaved_times(fns, repeat)
     B = solver.batch_size
     row = {"op": "training step", "shape": f"{recipe} recipe, batch {B}", "recipe": recipe, "batch": B,
-           "dtype": "float32", "backend": "cpu"}
+           "dtype": "float32", "backend": "cpu", "torch_layout": torch_layout if th is not None else None}
     for key in ("ms", "torch_ms"):
         t = times.get(key)
         row[key] = min(t) * 1e3 if t else None

@@ -78,6 +78,23 @@ def test_torch_ops_compute_what_ours_compute():
     np.testing.assert_allclose(torch_op(torch, "conv forward", s, a)().numpy(), ours, rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.skipif(not HAS_TORCH, reason="PyTorch not installed (optional `bench` extra)")
+def test_torch_layouts_compute_the_same_and_rows_say_which():
+    import torch
+
+    s = Shape("conv", "c", (2, 3, 5, 5), f=4)
+    a = bench._inputs(s, np.dtype("float64"))
+    nhwc, nchw = (torch_op(torch, "conv forward", s, a, layout=lay)() for lay in ("channels_last", "nchw"))
+    assert nhwc.is_contiguous(memory_format=torch.channels_last) and not nchw.is_contiguous(
+        memory_format=torch.channels_last)
+    np.testing.assert_allclose(nhwc.numpy(), nchw.numpy(), rtol=1e-10, atol=1e-12)
+    rows = run_benchmarks("cpu", "float64", (TINY_BN,), repeat=1, reference=False, torch_layout="nchw")
+    assert rows[0]["torch_layout"] == "nchw" and rows[0]["torch_ms"] > 0
+    assert run_benchmarks("cpu", "float64", (TINY_BN,), repeat=1, torch=False)[0]["torch_layout"] is None
+    with pytest.raises(ValueError, match="unknown torch layout 'nhwc'; choose one of channels_last, nchw"):
+        run_benchmarks("cpu", "float64", (TINY_BN,), repeat=1, reference=False, torch_layout="nhwc")
+
+
 # --- training step -------------------------------------------------------------------------------
 
 def test_step_data_has_every_class_and_cifar_shapes():
@@ -114,6 +131,23 @@ def test_torch_recipe_is_the_same_network():
     ours = sum(v.size for k, v in model.params.items() if k not in model.frozen)
     assert trained == ours
     assert np.isfinite(theirs.step(0.5))
+
+
+@pytest.mark.skipif(not HAS_TORCH, reason="PyTorch not installed (optional `bench` extra)")
+def test_torch_recipe_layouts_train_the_same():
+    """channels_last (the default: PyTorch's faster layout) changes where numbers sit, not what is computed."""
+    import torch
+
+    from numbaconv.torch_recipe import TorchRecipe
+
+    data = step_data(n=300)
+    nhwc, nchw = TorchRecipe("fast", data, seed=3), TorchRecipe("fast", data, seed=3, channels_last=False)
+    conv = next(m for m in nhwc.net if isinstance(m, torch.nn.Conv2d) and m.weight.requires_grad)
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+    for _ in range(3):
+        np.testing.assert_allclose(nhwc.step(0.5), nchw.step(0.5), rtol=1e-4)
+    assert nhwc.accuracy(data["X_val"], data["y_val"]) == pytest.approx(nchw.accuracy(data["X_val"], data["y_val"]),
+                                                                         abs=0.02)
 
 
 # --- busy processes ------------------------------------------------------------------------------

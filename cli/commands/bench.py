@@ -33,6 +33,11 @@ class BenchOp(str, Enum):
     step = "step"
 
 
+class TorchLayout(str, Enum):   # numbaconv.bench.TORCH_LAYOUTS
+    channels_last = "channels_last"
+    nchw = "nchw"
+
+
 def _cuda_available() -> bool:
     try:
         from numbaconv import cuda as nb_cuda
@@ -45,8 +50,8 @@ def _fmt(v, spec: str, suffix: str = "") -> str:
     return "—" if v is None else f"{v:{spec}}{suffix}"
 
 
-def _header(device: str, dtype: str, info: dict, title: str) -> str:
-    extra = ""
+def _header(device: str, dtype: str, info: dict, title: str, torch_layout: str | None = None) -> str:
+    extra = f", torch layout {torch_layout}" if torch_layout and info.get("torch") else ""
     if info.get("busy_processes"):
         extra += f", beside {info['busy_processes']} busy process(es)"
     if info.get("thread_candidates"):
@@ -124,6 +129,9 @@ def bench(
     bn: bool = typer.Option(False, "--bn", help="Also time batch norm backward (graph) against backward_alt "
                             "(closed form), for the reference and this backend."),
     no_torch: bool = typer.Option(False, "--no-torch", help="Skip the PyTorch comparison even if installed."),
+    torch_layout: TorchLayout = typer.Option(TorchLayout.channels_last, "--torch-layout",
+                                             help="PyTorch's memory format: channels_last (NHWC, oneDNN's own and "
+                                             "the faster here) or nchw (the layout numbaconv computes in)."),
     json_file: Optional[Path] = typer.Option(None, "--json", help="Also write the rows and machine info to FILE."),
 ) -> None:
     """Time conv, max pool and spatial batch norm (forward and backward) of a backend:
@@ -148,9 +156,9 @@ def bench(
             with console.status(f"timing a {recipe} training step, numbaconv and PyTorch in turns..."):
                 from numbaconv.bench import run_step_benchmark
 
-                row = run_step_benchmark(recipe, repeat=repeat, torch=not no_torch)
+                row = run_step_benchmark(recipe, repeat=repeat, torch=not no_torch, torch_layout=torch_layout.value)
             info = machine_info(busy)
-        title_line(console, _header("cpu", "float32", info, "training step"))
+        title_line(console, _header("cpu", "float32", info, "training step", row.get("torch_layout")))
         for table in _tables([row], "cpu", console.width):
             console.print(table)
         if json_file is not None:
@@ -169,8 +177,10 @@ def bench(
         for name in sets:
             with console.status(f"timing {device.value} {dtype.value} on {name} shapes..."):
                 rows = run_benchmarks(device.value, dtype.value, SHAPE_SETS[name], repeat=repeat,
-                                      torch=not no_torch, bn_alt=bn, reference_max_iterations=REFERENCE_LIMITS[name])
-            title_line(console, _header(device.value, dtype.value, machine_info(busy), f"{name} shapes"))
+                                      torch=not no_torch, bn_alt=bn, reference_max_iterations=REFERENCE_LIMITS[name],
+                                      torch_layout=torch_layout.value)
+            title_line(console, _header(device.value, dtype.value, machine_info(busy), f"{name} shapes",
+                                        None if no_torch else torch_layout.value))
             for table in _tables(rows, device.value, console.width):
                 console.print(table)
             all_rows += [{**r, "shape_set": name} for r in rows]
