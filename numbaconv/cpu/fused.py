@@ -104,52 +104,151 @@ def _conv_stats_forward(x, w2b, HH, WW, stride, pad, H_out, W_out, T, a, pmean, 
             _plane_stats(on, n, pmean, pm2)
 
 
+ROWS_MIN_WIDTH = 32   # planes from this width pool with _max2x2_rows
+
+
 @njit(parallel=True, cache=True)
 def _bn_relu_pool(a, W, mean, std, gamma, beta, pool, ph, pw, stride, W_out, out, arg, hm):
     # a (N, C, P), planes of width W; pool: out (N, C, Q) = max over each window of relu(bn(a)),
     # arg its flat index in the plane, hm the normalised value (a - mean) / std there, for
-    # windows numbered row-major with W_out per row; else out (N, C, P) = relu(bn(a))
+    # windows numbered row-major with W_out per row; else out (N, C, P) = relu(bn(a)).
+    # Parallel over planes (n, c): each writes only its own, so results do not depend on the
+    # thread count, and big batches of few channels still split evenly.
     N, C, P = a.shape
-    Q = out.shape[2]
-    for c in prange(C):
+    dt = out.dtype.type
+    for nc in prange(N * C):
+        n, c = nc // C, nc % C
         mu = mean[c]
         inv = 1.0 / std[c]
         g = np.float64(gamma[c])
         bt = np.float64(beta[c])
-        r = np.empty(P, dtype=out.dtype)  # bn(a) of one plane, rounded to the dtype as BN stores it
-        for n in range(N):
-            an = a[n, c]
+        an, on = a[n, c], out[n, c]
+        if not pool:
             for p in range(P):
-                r[p] = g * ((an[p] - mu) * inv) + bt
-            on = out[n, c]
-            if not pool:
-                for p in range(P):
-                    on[p] = 0 if r[p] <= 0 else r[p]   # ReLU; NaN stays NaN
-                continue
-            # max(relu(v)) = relu(max(v)), NaN included (ReLU keeps NaN, the max takes the
-            # first NaN). Where a window's max is not positive the recorded element may differ
-            # from the composition's (its first element), but ReLU gives both a zero gradient,
-            # so outputs and gradients agree.
-            argn = arg[n, c]
-            hmn = hm[n, c]
-            for i in range(Q // W_out):
-                for j in range(W_out):
-                    at = i * stride * W + j * stride
-                    best = r[at]
-                    for k in range(ph):
-                        for l in range(pw):
-                            p = (i * stride + k) * W + j * stride + l
-                            # r[p] > best or r[p] is NaN, unless best already is NaN: ties keep
-                            # the first maximum, the first NaN wins and stays. Written as selects,
-                            # not a branch: on real activations the comparison is a coin flip,
-                            # and mispredicted branches cost more than the rest of the loop
-                            take = (not (r[p] <= best)) & (best == best)
-                            best = r[p] if take else best
-                            at = p if take else at
-                    q = i * W_out + j
-                    on[q] = 0 if best <= 0 else best
-                    argn[q] = at
-                    hmn[q] = (an[at] - mu) * inv
+                v = dt(g * ((an[p] - mu) * inv) + bt)   # rounded to the dtype as BN stores it
+                on[p] = 0 if v <= 0 else v   # ReLU; NaN stays NaN
+        elif ph == 2 and pw == 2 and stride == 2 and W >= ROWS_MIN_WIDTH:
+            _max2x2_rows(an, W, mu, inv, g, bt, on, arg[n, c], hm[n, c])
+        elif ph == 2 and pw == 2 and stride == 2:
+            _max2x2(an, W, mu, inv, g, bt, on, arg[n, c], hm[n, c])
+        else:
+            _max_pool_plane(an, W, mu, inv, g, bt, ph, pw, stride, W_out, on, arg[n, c], hm[n, c])
+
+
+# max(relu(v)) = relu(max(v)), NaN included (ReLU keeps NaN, the max takes the first NaN).
+# Where a window's max is not positive the recorded element may differ from the
+# composition's (its first element), but ReLU gives both a zero gradient, so outputs and
+# gradients agree. The pool kernels below compare bn(a) as rounded to the dtype and give the
+# result of visiting a window's elements row-major, taking an element when it is > the best
+# so far or NaN, unless the best already is NaN: ties keep the first maximum, the first NaN
+# wins and stays (the same bits from each). They are written as selects, not branches: on
+# real activations the comparison is a coin flip, and mispredicted branches cost more than
+# the rest of the loop (LLVM still turns some scalar selects into branches: see _max2x2).
+
+@njit(cache=True)
+def _max_pool_plane(an, W, mu, inv, g, bt, ph, pw, stride, W_out, on, argn, hmn):
+    # any window size and stride (overlapping windows included): bn(a) of the plane first
+    dt = on.dtype.type
+    r = np.empty(an.size, dtype=on.dtype)
+    for p in range(an.size):
+        r[p] = dt(g * ((an[p] - mu) * inv) + bt)
+    for i in range(on.size // W_out):
+        for j in range(W_out):
+            at = i * stride * W + j * stride
+            best = r[at]
+            for k in range(ph):
+                for l in range(pw):
+                    p = (i * stride + k) * W + j * stride + l
+                    take = (not (r[p] <= best)) & (best == best)
+                    best = r[p] if take else best
+                    at = p if take else at
+            q = i * W_out + j
+            on[q] = 0 if best <= 0 else best
+            argn[q] = at
+            hmn[q] = (an[at] - mu) * inv
+
+
+# The 2x2 stride-2 pool (the models' pool; its windows tile the plane), in two forms. Numba
+# indexes with unsigned integers below because it then emits no negative-index wraparound.
+# The winning window element (0 top left, 1 top right, 2 bottom left, 3 bottom right) by
+# t0 = v1 > v0, t1 = v3 > v2, t2 = max(v2, v3) > max(v0, v1): a pairwise tree gives the
+# chain's result (the first maximum), and a table lookup keeps LLVM from turning the index
+# select into a branch (as it does a cmov here)
+_WIN = np.array([0, 1, 0, 1, 2, 2, 3, 3], dtype=np.uint64)
+
+
+@njit(cache=True)
+def _max2x2(an, W, mu, inv, g, bt, on, argn, hmn):
+    # scalar and branch-free except for windows holding a NaN (rare; a predictable branch)
+    dt = on.dtype.type
+    one, two = np.uint64(1), np.uint64(2)
+    Wu = np.uint64(W)
+    Wo = Wu // two
+    for i in range(np.uint64(on.size) // Wo):
+        for j in range(Wo):
+            p = two * (i * Wu + j)
+            v0 = dt(g * ((an[p] - mu) * inv) + bt)
+            v1 = dt(g * ((an[p + one] - mu) * inv) + bt)
+            v2 = dt(g * ((an[p + Wu] - mu) * inv) + bt)
+            v3 = dt(g * ((an[p + Wu + one] - mu) * inv) + bt)
+            if (v0 != v0) | (v1 != v1) | (v2 != v2) | (v3 != v3):   # the first NaN wins
+                at = p
+                at = p + one if (v1 != v1) & (v0 == v0) else at
+                at = p + Wu if (v2 != v2) & (v0 == v0) & (v1 == v1) else at
+                at = p + Wu + one if (v3 != v3) & (v0 == v0) & (v1 == v1) & (v2 == v2) else at
+                best = dt(g * ((an[at] - mu) * inv) + bt)
+            else:
+                t0, t1 = v1 > v0, v3 > v2
+                b0 = v1 if t0 else v0
+                b1 = v3 if t1 else v2
+                t2 = b1 > b0
+                best = b1 if t2 else b0
+                e = _WIN[np.uint64(t0) | (np.uint64(t1) << one) | (np.uint64(t2) << two)]
+                at = p + (e >> one) * Wu + (e & one)
+            q = i * Wo + j
+            on[q] = 0 if best <= 0 else best
+            argn[q] = at
+            hmn[q] = (an[at] - mu) * inv
+
+
+@njit(cache=True)
+def _max2x2_rows(an, W, mu, inv, g, bt, on, argn, hmn):
+    # the same as the select chain of _max_pool_plane, which LLVM vectorises over a row of
+    # windows (then the selects are blends); its scalar remainder branches, so only for
+    # planes at least 32 wide (measured 2x _max2x2 there, slower on 16 and 8)
+    dt = on.dtype.type
+    one, two = np.uint64(1), np.uint64(2)
+    Wu = np.uint64(W)
+    Wo = Wu // two
+    for i in range(np.uint64(on.size) // Wo):
+        for j in range(Wo):
+            p = two * (i * Wu + j)
+            x0 = (an[p] - mu) * inv
+            x1 = (an[p + one] - mu) * inv
+            x2 = (an[p + Wu] - mu) * inv
+            x3 = (an[p + Wu + one] - mu) * inv
+            best = dt(g * x0 + bt)
+            xb = x0
+            at = p
+            v = dt(g * x1 + bt)
+            take = (not (v <= best)) & (best == best)
+            best = v if take else best
+            xb = x1 if take else xb
+            at = p + one if take else at
+            v = dt(g * x2 + bt)
+            take = (not (v <= best)) & (best == best)
+            best = v if take else best
+            xb = x2 if take else xb
+            at = p + Wu if take else at
+            v = dt(g * x3 + bt)
+            take = (not (v <= best)) & (best == best)
+            best = v if take else best
+            xb = x3 if take else xb
+            at = p + Wu + one if take else at
+            q = i * Wo + j
+            on[q] = 0 if best <= 0 else best
+            argn[q] = at
+            hmn[q] = xb
 
 
 @njit(parallel=True, cache=True)
