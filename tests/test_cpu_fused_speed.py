@@ -108,3 +108,65 @@ def test_normalise_relu_pool_pass_is_independent_of_the_thread_count(dtype):
                       + beta[None, :, None]).astype(dtype)
                 want = np.where(bn <= 0, dtype(0), bn)
             assert np.array_equal(_bits(one[0]), _bits(want))
+
+
+def _pooled(dtype, N, C, H, W, seed, pool):
+    """Forward results as _backward receives them, with NaN and inf in dout too."""
+    a, mean, std, gamma, beta = _planes(dtype, N, C, H, W, seed)
+    out, arg, hm = _relu_pool(a, W, mean, std, gamma, beta, pool)
+    rng = np.random.default_rng(seed + 1)
+    dout = rng.standard_normal(out.shape).astype(dtype)
+    dout.reshape(-1)[::7] = np.inf
+    dout.reshape(-1)[::11] = np.nan
+    return a, mean, std, gamma, out, arg, hm, dout
+
+
+def _same_or_both_nan(got, want):
+    # bits, except that a NaN's sign and payload depend on the operand order LLVM picks
+    nan = np.isnan(got) & np.isnan(want)
+    return np.array_equal(np.isnan(got), np.isnan(want)) and np.array_equal(_bits(got[~nan]), _bits(want[~nan]))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("pool", [True, False])
+def test_grad_sums_are_the_in_order_float64_sums(pool, dtype):
+    a, mean, std, _, out, _, hm, dout = _pooled(dtype, 3, 4, 4, 6, seed=5, pool=pool)
+    C = a.shape[1]
+    sb, sg = np.empty(C), np.empty(C)
+    fused._bn_grad_sums(dout, out, hm if pool else hm[:, :, :0], a, mean, std, pool, sb, sg)
+    inv = 1.0 / std
+    with np.errstate(invalid="ignore"):
+        xhat = hm.astype(np.float64) if pool else (a - mean[None, :, None]) * inv[None, :, None]
+        dan = np.where(out <= 0, 0.0, dout.astype(np.float64))
+        for c in range(C):   # the kernel's order: images, then positions
+            want_b = want_g = 0.0
+            for d, x in zip(dan[:, c].ravel(), xhat[:, c].ravel()):
+                want_b += d
+                want_g += d * x
+            assert _same_or_both_nan(np.array([sb[c], sg[c]]), np.array([want_b, want_g])), c
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("pool, train", [(True, True), (True, False), (False, True), (False, False)])
+def test_bn_dout_is_the_closed_form_gradient_bit_for_bit(pool, train, dtype):
+    a, mean, std, gamma, out, arg, hm, dout = _pooled(dtype, 2, 3, 4, 6, seed=9, pool=pool)
+    N, C, P = a.shape
+    rng = np.random.default_rng(3)
+    ga, gb = rng.standard_normal(C), rng.standard_normal(C)
+    inv = 1.0 / std
+    gi = gamma.astype(np.float64) * inv
+    for n in range(N):
+        dn = np.full((C, P), 7, dtype)
+        fused._bn_dout(n, a, mean, std, gamma, train, ga, gb, dout, out, arg, pool, dn)
+        with np.errstate(invalid="ignore", over="ignore"):
+            if train:
+                want = (-ga[:, None] - ((a[n] - mean[:, None]) * inv[:, None]) * gb[:, None]).astype(dtype)
+            else:
+                want = np.zeros((C, P), dtype)
+            add = np.where(out[n] <= 0, 0.0, gi[:, None] * dout[n].astype(np.float64))
+            if pool:   # each window's maximum gets its own term (2x2 windows: no index twice)
+                rows = np.arange(C)[:, None]
+                want[rows, arg[n]] = (want[rows, arg[n]] + add).astype(dtype)
+            else:
+                want = (want + add).astype(dtype)
+        assert _same_or_both_nan(dn, want), n

@@ -251,31 +251,39 @@ def _max2x2_rows(an, W, mu, inv, g, bt, on, argn, hmn):
             hmn[q] = xb
 
 
+# ReLU's mask in the backward kernels: d if the output passed (> 0, or NaN), else 0.0, as
+# pick[not (o <= 0)] with pick = [0.0, d]. Written as a select, LLVM compiles it to a branch
+# (a coin flip on real activations, ~1.5x the cost of these loops); the two-element lookup
+# costs a store and a load instead and gives the select's value bit for bit.
+
+
 @njit(parallel=True, cache=True)
 def _bn_grad_sums(dout, out, hm, a, mean, std, pool, sb_out, sg_out):
     # dbeta = sum of dan, dgamma = sum of dan * xhat, where dan (the gradient at bn's
     # output) is dout except where the output is <= 0 (ReLU; NaN passes), at the recorded
-    # maxima (pool)
+    # maxima (pool); summed in order over (n, q), one channel per iteration
     N, C, Q = dout.shape
     for c in prange(C):
         mu = mean[c]
         inv = 1.0 / std[c]
         sb = 0.0
         sg = 0.0
+        pick = np.zeros(2)
         for n in range(N):
             dn = dout[n, c]
             on = out[n, c]
-            # the ReLU mask as a 0/1 factor rather than a (coin-flip) branch
             if pool:
                 hn = hm[n, c]
-                for q in range(Q):
-                    d = 0.0 if on[q] <= 0 else np.float64(dn[q])
+                for q in range(np.uint64(Q)):
+                    pick[1] = dn[q]
+                    d = pick[np.uint64(not (on[q] <= 0))]
                     sb += d
                     sg += d * hn[q]
             else:
                 an = a[n, c]
-                for q in range(Q):
-                    d = 0.0 if on[q] <= 0 else np.float64(dn[q])
+                for q in range(np.uint64(Q)):
+                    pick[1] = dn[q]
+                    d = pick[np.uint64(not (on[q] <= 0))]
                     sb += d
                     sg += d * ((an[q] - mu) * inv)
         sb_out[c] = sb
@@ -285,30 +293,37 @@ def _bn_grad_sums(dout, out, hm, a, mean, std, pool, sb_out, sg_out):
 @njit(cache=True)
 def _bn_dout(n, a, mean, std, gamma, train, ga, gb, dout, out, arg, pool, dn):
     # dn (F, P): the gradient at image n's conv output (batch norm's closed-form backward
-    # through ReLU [and the pool]): -ga - xhat * gb everywhere (train mode), plus
-    # gamma/std * dout where it passed
+    # through ReLU [and the pool]): -ga - xhat * gb everywhere (train mode), rounded to the
+    # dtype, plus gamma/std * dout where it passed
     F, P = dn.shape
     Q = dout.shape[2]
+    dt = dn.dtype.type
+    pick = np.zeros(2)
     for f in range(F):
         mu = mean[f]
         inv = 1.0 / std[f]
         gi = np.float64(gamma[f]) * inv
+        gaf, gbf = ga[f], gb[f]   # locals: LLVM cannot tell that stores to dn leave them alone
         an = a[n, f]
         row = dn[f]
-        if train:
-            for p in range(P):
-                row[p] = -ga[f] - ((an[p] - mu) * inv) * gb[f]
-        else:   # the statistics are constants: no such term (so an infinite xhat gives no 0 * inf)
-            row[:] = 0.0
         do = dout[n, f]
         on = out[n, f]
-        if pool:   # adding 0 where ReLU blocked: no branch to mispredict
-            at = arg[n, f]
-            for q in range(Q):
-                row[at[q]] = row[at[q]] + (0.0 if on[q] <= 0 else gi * np.float64(do[q]))
+        if not pool:   # one pass; vectorised, so the select is a blend
+            for p in range(np.uint64(P)):
+                # in test mode the statistics are constants: no such term (an infinite xhat gives no 0 * inf)
+                r = dt(-gaf - ((an[p] - mu) * inv) * gbf) if train else dt(0.0)
+                row[p] = r + (0.0 if on[p] <= 0 else gi * np.float64(do[p]))
+            continue
+        if train:
+            for p in range(np.uint64(P)):
+                row[p] = -gaf - ((an[p] - mu) * inv) * gbf
         else:
-            for q in range(Q):
-                row[q] = row[q] + (0.0 if on[q] <= 0 else gi * np.float64(do[q]))
+            row[:] = 0.0
+        at = arg[n, f]
+        for q in range(np.uint64(Q)):   # adding 0 where ReLU blocked, as the composition's scatter does
+            pick[1] = gi * np.float64(do[q])
+            k = np.uint64(at[q])
+            row[k] = row[k] + pick[np.uint64(not (on[q] <= 0))]
 
 
 @njit(parallel=True, cache=True)
