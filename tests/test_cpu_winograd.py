@@ -131,3 +131,42 @@ def test_fused_layers_match_the_reference_composition(every_layer, dtype, pool, 
             assert np.max(np.abs(g - g_ref)) < (1e-10 if dtype == np.float64 else 1e-4)
         else:
             _close(g, g_ref, dtype, name_)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("H, W", [(2, 2), (4, 6), (16, 16), (18, 20)])
+def test_plane_output_transforms_equal_the_tile_loops(dtype, H, W):
+    # _out_planes / _dout_planes (even maps >= PLANE_MIN_TW tiles wide) against the tile-at-a-time
+    # loops, bit for bit, on any even map; the block's second image starts at column col0 = T
+    rng = np.random.default_rng(5)
+    F, th, tw = 3, H // 2, W // 2
+    T = th * tw
+    M = rng.standard_normal((F, 16, 2 * T)).astype(dtype)
+    b = rng.standard_normal(F).astype(dtype)
+    dn = rng.standard_normal((F, H * W)).astype(dtype)
+    got, want = np.empty((F, H * W), dtype), np.empty((F, H * W), dtype)
+    winograd._out_planes(M, T, th, tw, W, b, got, np.empty((4, T), dtype))
+    winograd._out_tiles(M, T, th, tw, H, W, b, want)
+    np.testing.assert_array_equal(got, want)
+    got, want = np.zeros_like(M), np.zeros_like(M)
+    winograd._dout_planes(dn, W, th, tw, got, T, np.empty((4, T), dtype))
+    winograd._dout_tiles(dn, H, W, th, tw, want, T)
+    np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("H", [16, 17])   # 16: the plane-at-a-time output transforms; 17: odd, the tile loops
+def test_conv_on_wide_maps_matches_reference(every_layer, dtype, H):
+    assert (H + 1) // 2 >= winograd.PLANE_MIN_TW   # wide enough; only the even map takes the planes
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((3, 2, H, H)).astype(dtype)
+    w, b = rng.standard_normal((3, 2, 3, 3)).astype(dtype), rng.standard_normal(3).astype(dtype)
+    cp = {"stride": 1, "pad": 1}
+    out, cache = cpu.Conv.forward(x, w, b, cp)
+    assert cache[-1] is not None   # the Winograd path ran
+    out_ref, cache_ref = get_backend("reference").Conv.forward(x, w, b, cp)
+    _close(out, out_ref, dtype, "out")
+    dout = rng.standard_normal(out.shape).astype(dtype)
+    for name, g, g_ref in zip(("dx", "dw", "db"), cpu.Conv.backward(dout, cache),
+                              get_backend("reference").Conv.backward(dout, cache_ref)):
+        _close(g, g_ref, dtype, name)
