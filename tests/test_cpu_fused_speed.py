@@ -41,8 +41,11 @@ def _pool_plane(kernel, a, mean, std, gamma, beta, n, c, W):
     argn = np.full(Q, -1, np.int32)
     hmn = np.full(Q, 7, a.dtype)
     args = (a[n, c], W, mean[c], 1.0 / std[c], np.float64(gamma[c]), np.float64(beta[c]))
+    r = np.full(a.shape[2], 7, a.dtype)   # scratch plane
     if kernel is fused._max_pool_plane:
-        kernel(*args, 2, 2, 2, W // 2, on, argn, hmn)
+        kernel(*args, 2, 2, 2, W // 2, on, argn, hmn, r)
+    elif kernel is fused._max2x2:
+        kernel(*args, on, argn, hmn, r)
     else:
         kernel(*args, on, argn, hmn)
     return on, argn, hmn
@@ -79,29 +82,30 @@ def test_2x2_pool_ties_keep_the_first_maximum_and_the_first_nan_wins():
                 assert np.array_equal(_bits(on), _bits(np.array([0 if v <= 0 else v], dtype))), (kernel, values)
 
 
-def _relu_pool(a, W, mean, std, gamma, beta, pool):
+def _relu_pool(a, W, mean, std, gamma, beta, pool, chunks=3):
     N, C, P = a.shape
     shape = (N, C, P // 4) if pool else (N, C, P)
     out = np.full(shape, 7, a.dtype)
     arg = np.full(shape if pool else (1, 1, 0), -1, np.int32)
     hm = np.full(shape if pool else (1, 1, 0), 7, a.dtype)
-    fused._bn_relu_pool(a, W, mean, std, gamma, beta, pool, 2, 2, 2, W // 2, out, arg, hm)
+    fused._bn_relu_pool(a, W, mean, std, gamma, beta, pool, 2, 2, 2, W // 2, out, arg, hm, chunks)
     return out, arg, hm
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_normalise_relu_pool_pass_is_independent_of_the_thread_count(dtype):
+def test_normalise_relu_pool_pass_is_independent_of_threads_and_chunks(dtype):
     a, mean, std, gamma, beta = _planes(dtype, 5, 3, 4, 8, seed=7)
     saved = numba.get_num_threads()
     for pool in (True, False):
         try:
             numba.set_num_threads(1)
-            one = _relu_pool(a, 8, mean, std, gamma, beta, pool)
+            one = _relu_pool(a, 8, mean, std, gamma, beta, pool, chunks=1)
         finally:
             numba.set_num_threads(saved)
-        many = _relu_pool(a, 8, mean, std, gamma, beta, pool)
-        for g, w in zip(many, one):
-            assert np.array_equal(_bits(g), _bits(w)), pool
+        for chunks in (2, 7, a.shape[0] * a.shape[1]):
+            many = _relu_pool(a, 8, mean, std, gamma, beta, pool, chunks)
+            for g, w in zip(many, one):
+                assert np.array_equal(_bits(g), _bits(w)), (pool, chunks)
         if not pool:   # relu(bn(a)) rounded to the dtype, as batch norm then ReLU store it
             with np.errstate(invalid="ignore"):   # 0 * inf
                 bn = (gamma[None, :, None].astype(np.float64) * ((a - mean[None, :, None]) * (1.0 / std)[None, :, None])
