@@ -81,8 +81,8 @@ CANDIDATES = {
     "free-cores": Candidate(
         "each kernel call runs on at most the cores that other processes leave free (runnable "
         "threads from /proc/loadavg less our own, re-read every 0.1 s), so no region waits for a "
-        "thread that shares a core; results then depend on the load (the thread count sets how "
-        "conv backward sums dw), so not deterministic across runs",
+        "thread that shares a core; the work is still split for the caller's thread count "
+        "(_blas.work_chunks), so results do not depend on the load",
         free_cores=True),
     "blas1": Candidate(
         "OpenBLAS limited to 1 thread process-wide: its worker threads are never woken by a NumPy "

@@ -33,7 +33,7 @@ from numba import njit, prange
 
 from ..checks import batchnorm_params, check_dout, conv_geometry, pool_geometry
 from . import _gemm, winograd
-from ._blas import blas_threads, kernel_threads
+from ._blas import blas_threads, kernel_threads, work_chunks
 from .batchnorm import _running_stats
 from .conv import _backward_image, _forward_image, with_bias
 
@@ -54,10 +54,6 @@ def _sum(v, mu):
 def _flat(a):
     """(N, C, H, W) -> (N, C, H*W), a view."""
     return a.reshape(a.shape[0], a.shape[1], -1)
-
-
-def _chunks(N):
-    return max(1, min(numba.get_num_threads(), N))
 
 
 @njit(cache=True)
@@ -409,10 +405,10 @@ def _forward(x, w, b, gamma, beta, conv_param, bn_param, pool_param):
         if winograd.usable(cg.C, cg.HH, cg.WW, cg.stride):
             U = winograd.transform_weights(w, x.dtype)
             _wino_stats_forward(x, U, np.ascontiguousarray(b), cg.pad, cg.H_out, cg.W_out,
-                                winograd.block_images(cg.H_out, cg.W_out, N), _chunks(N), _flat(a), pmean, pm2)
+                                winograd.block_images(cg.H_out, cg.W_out, N), work_chunks(N), _flat(a), pmean, pm2)
         else:
             _conv_stats_forward(x, with_bias(w2, b), cg.HH, cg.WW, cg.stride, cg.pad, cg.H_out, cg.W_out,
-                                _chunks(N), _flat(a), pmean, pm2)
+                                work_chunks(N), _flat(a), pmean, pm2)
     running_mean, running_var = _running_stats(bn_param, C, a.dtype)
     train = mode == "train"
     if train:  # Chan et al.: per-image (mean, M2) pairs combined in a fixed order
@@ -453,7 +449,7 @@ def _backward(dout, cache, layer, need_dx):
         ga = gb = np.zeros(C)
     dx = np.empty(x.shape if need_dx else (x.shape[0], 0, 0, 0), dtype=x.dtype)
     with kernel_threads(a.size * w2.shape[1]), blas_threads(1):
-        T = _chunks(x.shape[0])
+        T = work_chunks(x.shape[0])
         db_part = np.empty((T, w2.shape[0]), dtype=x.dtype)
         if U is not None:
             dU_part = np.empty((T,) + U.shape, dtype=x.dtype)
