@@ -37,6 +37,11 @@ def test_conv_matches_reference(every_layer, xs, F, pad, dtype):
     x = rng.standard_normal(xs).astype(dtype)
     w = rng.standard_normal((F, xs[1], 3, 3)).astype(dtype)
     b = rng.standard_normal(F).astype(dtype)
+    _check_against_reference(x, w, b, pad, dtype, rng)
+
+
+def _check_against_reference(x, w, b, pad, dtype, rng):
+    """Conv forward (on the Winograd path) and backward against the reference's."""
     cp = {"stride": 1, "pad": pad}
     out, cache = cpu.Conv.forward(x, w, b, cp)
     assert cache[-1] is not None   # the Winograd path ran
@@ -161,12 +166,4 @@ def test_conv_on_wide_maps_matches_reference(every_layer, dtype, H):
     rng = np.random.default_rng(6)
     x = rng.standard_normal((3, 2, H, H)).astype(dtype)
     w, b = rng.standard_normal((3, 2, 3, 3)).astype(dtype), rng.standard_normal(3).astype(dtype)
-    cp = {"stride": 1, "pad": 1}
-    out, cache = cpu.Conv.forward(x, w, b, cp)
-    assert cache[-1] is not None   # the Winograd path ran
-    out_ref, cache_ref = get_backend("reference").Conv.forward(x, w, b, cp)
-    _close(out, out_ref, dtype, "out")
-    dout = rng.standard_normal(out.shape).astype(dtype)
-    for name, g, g_ref in zip(("dx", "dw", "db"), cpu.Conv.backward(dout, cache),
-                              get_backend("reference").Conv.backward(dout, cache_ref)):
-        _close(g, g_ref, dtype, name)
+    _check_against_reference(x, w, b, 1, dtype, rng)
