@@ -62,6 +62,40 @@ def test_sgd_nesterov_two_steps_by_hand():
     assert w32.dtype == np.float32 and c32["velocity"].dtype == np.float32
 
 
+def _nesterov_numpy(w, dw, cfg):
+    # sgd_nesterov's contract written out in NumPy: the compiled pass must give these bits
+    g = dw + cfg["weight_decay"] * w if cfg["weight_decay"] else dw
+    v = cfg["momentum"] * cfg.get("velocity", np.zeros_like(w)) + g
+    return w - cfg["learning_rate"] * (g + cfg["momentum"] * v), v
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("weight_decay", [0.0, 5e-4])
+def test_sgd_nesterov_compiled_pass_is_bit_for_bit_numpys(dtype, weight_decay):
+    rng = np.random.default_rng(3)
+    w = rng.standard_normal((6, 5, 3, 3)).astype(dtype)[:, ::2]   # not contiguous
+    dw = rng.standard_normal(w.shape).astype(dtype)
+    dw.flat[3], w.flat[7] = np.nan, np.inf                          # NaN and inf go through as NumPy's do
+    cfg = {"learning_rate": 0.3, "momentum": 0.9, "weight_decay": weight_decay}
+    w1, cfg1 = sgd_nesterov(w, dw, dict(cfg))
+    want_w, want_v = _nesterov_numpy(w, dw, cfg)
+    assert w1.dtype == dtype and cfg1["velocity"].dtype == dtype and w1.shape == w.shape
+    np.testing.assert_array_equal(w1, want_w)
+    np.testing.assert_array_equal(cfg1["velocity"], want_v)
+    w2, cfg2 = sgd_nesterov(w1, dw, cfg1)                            # with a velocity
+    want_w2, want_v2 = _nesterov_numpy(w1, dw, {**cfg, "velocity": cfg1["velocity"]})
+    np.testing.assert_array_equal(w2, want_w2)
+    np.testing.assert_array_equal(cfg2["velocity"], want_v2)
+
+
+def test_sgd_nesterov_mixed_dtypes_follow_numpys_promotion():
+    w, dw = np.ones(3, dtype=np.float32), np.full(3, 0.5)   # float64 gradient: NumPy promotes
+    w1, cfg1 = sgd_nesterov(w, dw, {"learning_rate": 0.1, "momentum": 0.9, "weight_decay": 0.0})
+    want_w, want_v = _nesterov_numpy(w, dw, {"learning_rate": 0.1, "momentum": 0.9, "weight_decay": 0.0})
+    assert w1.dtype == want_w.dtype == np.float64
+    np.testing.assert_array_equal(w1, want_w)
+
+
 def test_sgd_nesterov_matches_torch_when_installed():
     torch = pytest.importorskip("torch")
     rng = np.random.default_rng(2)
