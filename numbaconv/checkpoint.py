@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from .files import atomic_write
-from .models import build_model
+from .models import build_model, param_count
 from .solver import History
 
 FORMAT = "numbaconv-checkpoint"
@@ -276,56 +276,6 @@ def _get_history(group, path) -> dict:
     return history
 
 
-def _param_count(config: dict) -> int | None:
-    """How many weights ``build_model(config)`` allocates, from the config alone (the
-    models allocate in their constructors, so a config cannot be checked by building it).
-    None when an entry has a type or value the constructor refuses with its own message.
-    tests/test_checkpoint_safety.py holds it equal to the built models' counts."""
-    import inspect
-
-    from .models import MODELS
-
-    cls = MODELS.get(config.get("kind"))
-    if cls is None:
-        return None
-    defaults = {k: p.default for k, p in inspect.signature(cls.__init__).parameters.items()
-                if p.default is not inspect.Parameter.empty}
-    c = {**defaults, **config}
-
-    def n(v) -> int:   # a size, as the constructors accept it
-        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-            raise TypeError
-        return v
-
-    try:
-        C, H, W = (n(d) for d in c["input_dims"])
-        classes = n(c["num_classes"])
-        total, c_in = 0, C
-        if cls.kind == "three-layer":
-            F, K, hidden = n(c["num_filters"]), n(c["filter_size"]), n(c["hidden_dim"])
-            return F * C * K * K + F + F * (H // 2) * (W // 2) * hidden + hidden + hidden * classes + classes
-        if cls.kind == "deep":
-            per_filter = 3 if c["batchnorm"] else 1        # b (and gamma, beta)
-            for F in map(n, c["num_filters"]):
-                total, c_in = total + F * c_in * 9 + per_filter * F, F
-            pools = len(list(c["max_pools"]))
-            return total + c_in * (H >> pools) * (W >> pools) * classes + classes
-        if cls.kind == "fast":
-            k = n(c["whiten"] or 0)
-            if k:
-                k *= 2 if c["whiten_neg"] else 1   # whiten_neg stores each filter and its negation
-                total, c_in = k * C * (9 if c["whiten_stride"] == 1 else 4) + k, k
-            stem, repeat = n(c["stem"] or 0), n(c["convs_per_group"])
-            for F in ([stem] if stem else []):
-                total, c_in = total + F * c_in * 9 + 3 * F, F
-            for F in map(n, c["widths"]):   # a group: one conv from c_in, repeat - 1 from F (b, gamma, beta each)
-                total, c_in = total + F * c_in * 9 + 3 * F + (repeat - 1) * (F * F * 9 + 3 * F), F
-            return total + c_in * classes + classes
-    except (TypeError, ValueError, KeyError):
-        return None
-    return None
-
-
 # solver/settings as Solver.state_dict writes it: key -> (what it must be, required). The Solver
 # reads the required ones without a default; a wrong type would fail (or, for a NaN, train on
 # garbage) only later, in the middle of a resumed run, with a message that names no file.
@@ -525,7 +475,7 @@ def _read_checkpoint(f, path: Path, backend: str | None) -> Checkpoint:
     params = _get_arrays(params_group, path) if params_group is not None else {}
     bn_group = _group(f, "bn", path, required=False)
     bn = _get_bn(bn_group, path) if bn_group is not None else []
-    implied, stored = _param_count(config), sum(a.size for a in params.values())
+    implied, stored = param_count(config), sum(a.size for a in params.values())
     if implied is not None and implied > stored + PARAM_SLACK:
         raise _bad(path, "model_config", f"({_describe(config)}) asks for {implied:,} weights but params holds "
                    f"{stored:,}: the config does not belong to these weights (was it edited?)")

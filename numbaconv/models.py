@@ -225,6 +225,12 @@ class ThreeLayerConvNet(_ConvNet):
         self.params["b3"] = np.zeros(self.num_classes, dtype=self.dtype)
         self.conv_param = {"stride": 1, "pad": (K - 1) // 2}
 
+    @staticmethod
+    def _count_params(c, n, C, H, W, classes) -> int:
+        """The constructor's weight count from config ``c`` (defaults filled; ``n`` checks a size)."""
+        F, K, hidden = n(c["num_filters"]), n(c["filter_size"]), n(c["hidden_dim"])
+        return F * C * K * K + F + F * (H // 2) * (W // 2) * hidden + hidden + hidden * classes + classes
+
     def config(self) -> dict:
         return {"kind": self.kind, "input_dims": list(self.input_dims), "num_filters": self.num_filters,
                 "filter_size": self.filter_size, "hidden_dim": self.hidden_dim, "num_classes": self.num_classes,
@@ -311,6 +317,16 @@ class DeepConvNet(_ConvNet):
             Dout = shape[0] if K is not None else shape[1]
             return kaiming_initializer(c_in, Dout, K=K, relu=relu, dtype=self.dtype, rng=self.rng)
         return (self.rng.standard_normal(shape) * self.weight_scale).astype(self.dtype)
+
+    @staticmethod
+    def _count_params(c, n, C, H, W, classes) -> int:
+        """The constructor's weight count from config ``c`` (defaults filled; ``n`` checks a size)."""
+        per_filter = 3 if c["batchnorm"] else 1        # b (and gamma, beta)
+        total, c_in = 0, C
+        for F in map(n, c["num_filters"]):
+            total, c_in = total + F * c_in * 9 + per_filter * F, F
+        pools = len(list(c["max_pools"]))
+        return total + c_in * (H >> pools) * (W >> pools) * classes + classes
 
     def config(self) -> dict:
         return {"kind": self.kind, "input_dims": list(self.input_dims), "num_filters": list(self.num_filters),
@@ -550,6 +566,21 @@ class FastNet(_ConvNet):
         if self.whiten:
             self.fit_whitening(X_train[:num_images])
 
+    @staticmethod
+    def _count_params(c, n, C, H, W, classes) -> int:
+        """The constructor's weight count from config ``c`` (defaults filled; ``n`` checks a size)."""
+        total, c_in = 0, C
+        k = n(c["whiten"] or 0)
+        if k:
+            k *= 2 if c["whiten_neg"] else 1   # whiten_neg stores each filter and its negation
+            total, c_in = k * C * (9 if c["whiten_stride"] == 1 else 4) + k, k
+        stem, repeat = n(c["stem"] or 0), n(c["convs_per_group"])
+        for F in ([stem] if stem else []):
+            total, c_in = total + F * c_in * 9 + 3 * F, F
+        for F in map(n, c["widths"]):   # a group: one conv from c_in, repeat - 1 from F (b, gamma, beta each)
+            total, c_in = total + F * c_in * 9 + 3 * F + (repeat - 1) * (F * F * 9 + 3 * F), F
+        return total + c_in * classes + classes
+
     def config(self) -> dict:
         return {"kind": self.kind, "input_dims": list(self.input_dims), "stem": self.stem, "widths": list(self.widths),
                 "whiten": self.whiten, "whiten_stride": self.whiten_stride,
@@ -628,6 +659,32 @@ class FastNet(_ConvNet):
 
 
 MODELS = {ThreeLayerConvNet.kind: ThreeLayerConvNet, DeepConvNet.kind: DeepConvNet, FastNet.kind: FastNet}
+
+
+def param_count(config: dict) -> int | None:
+    """How many weights ``build_model(config)`` allocates, from the config alone (the models
+    allocate in their constructors, so a config from a file cannot be checked by building it).
+    None when an entry has a type or value the constructor refuses with its own message.
+    tests/test_checkpoint_safety.py holds it equal to the built models' counts."""
+    import inspect
+
+    cls = MODELS.get(config.get("kind")) if isinstance(config, dict) else None
+    if cls is None:
+        return None
+    defaults = {k: p.default for k, p in inspect.signature(cls.__init__).parameters.items()
+                if p.default is not inspect.Parameter.empty}
+    c = {**defaults, **config}
+
+    def n(v) -> int:   # a size, as the constructors accept it
+        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+            raise TypeError
+        return v
+
+    try:
+        C, H, W = (n(d) for d in c["input_dims"])
+        return cls._count_params(c, n, C, H, W, n(c["num_classes"]))
+    except (TypeError, ValueError, KeyError):
+        return None
 
 
 def build_model(config: dict, **overrides):

@@ -16,7 +16,8 @@ import pytest
 
 import numbaconv
 from numbaconv.backends import BackendUnavailableError, get_backend
-from numbaconv.checkpoint import MAX_CHECKPOINT_BYTES, _param_count, load_checkpoint
+from numbaconv.checkpoint import MAX_CHECKPOINT_BYTES, load_checkpoint
+from numbaconv.models import param_count
 from numbaconv.models import DeepConvNet, FastNet, ThreeLayerConvNet
 from numbaconv.solver import Solver
 
@@ -196,10 +197,10 @@ def test_huge_declared_dataset_is_refused_unread(ck):
             convs_per_group=2, backend="reference"),
 ], ids=lambda m: m.kind)
 def test_param_count_from_the_config_equals_the_built_model(model):
-    assert _param_count(model.config()) == sum(a.size for a in model.params.values())
+    assert param_count(model.config()) == sum(a.size for a in model.params.values())
     defaults_only = {"kind": model.kind}   # what build_model fills in from the constructor
     built = {"three-layer": ThreeLayerConvNet, "deep": DeepConvNet, "fast": FastNet}[model.kind](backend="reference")
-    assert _param_count(defaults_only) == sum(a.size for a in built.params.values())
+    assert param_count(defaults_only) == sum(a.size for a in built.params.values())
 
 
 def _no_gpu(monkeypatch):
