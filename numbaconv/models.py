@@ -403,6 +403,20 @@ class _HostOps:
     global_max_pool_backward = staticmethod(global_max_pool_backward)
 
 
+class _BackendHostOps:
+    """_HostOps with a backend's own GlobalMaxPool (the cpu backend's kernel: the same results)."""
+
+    def __init__(self, layer):
+        self.global_max_pool_forward = layer.forward
+        self.global_max_pool_backward = layer.backward
+
+
+def _host_ops(nb):
+    """The model-level ops for NumPy arrays on backend ``nb``."""
+    layer = getattr(nb, "GlobalMaxPool", None)
+    return _HostOps if layer is None else _BackendHostOps(layer)
+
+
 class FastNet(_ConvNet):
     """The "fast CIFAR" recipe's net (residual-free):
     stem conv 3x3 - BN - ReLU (``stem=0``: none), then per width in ``widths`` a group
@@ -605,7 +619,7 @@ class FastNet(_ConvNet):
                                      self.bn_params[i - 1], *((POOL,) if pool else ()))
             caches.append((layer, cache))
         ops = self._device_ops(X)
-        g, gcache = (ops or _HostOps).global_max_pool_forward(h)
+        g, gcache = (ops or _host_ops(self.nb)).global_max_pool_forward(h)
         last = len(self.layers) + 1
         scores, lcache = self.nb.Linear.forward(g, p[f"W{last}"], p[f"b{last}"])
         if ops is not None:
@@ -647,7 +661,7 @@ class FastNet(_ConvNet):
         last = len(self.layers) + 1
         grads = {}
         dg, grads[f"W{last}"], grads[f"b{last}"] = self.nb.Linear.backward(dscores, lcache)
-        dh = (ops or _HostOps).global_max_pool_backward(dg, gcache)
+        dh = (ops or _host_ops(self.nb)).global_max_pool_backward(dg, gcache)
         for i in range(len(self.layers), 0, -1):
             layer, cache = caches[i - 1]
             dh, grads[f"W{i}"], grads[f"b{i}"], grads[f"gamma{i}"], grads[f"beta{i}"] = self._backward(

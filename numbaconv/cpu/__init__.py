@@ -18,11 +18,11 @@ from .batchnorm import BatchNorm, SpatialBatchNorm
 from .conv import Conv
 from .fused import Conv_BatchNorm_ReLU, Conv_BatchNorm_ReLU_Pool
 from .linear import Linear
-from .pool import MaxPool
+from .pool import GlobalMaxPool, MaxPool
 from .relu import ReLU
 from .softmax import softmax_loss
 
 NAME = "cpu"
 
-__all__ = ["Conv", "MaxPool", "BatchNorm", "SpatialBatchNorm", "Linear", "ReLU", "softmax_loss", "NAME",
+__all__ = ["Conv", "MaxPool", "GlobalMaxPool", "BatchNorm", "SpatialBatchNorm", "Linear", "ReLU", "softmax_loss", "NAME",
            "Conv_BatchNorm_ReLU", "Conv_BatchNorm_ReLU_Pool"]

@@ -181,3 +181,55 @@ class MaxPool:
             else:
                 _pool_backward(dout, arg, dx)
         return dx
+
+
+@njit(parallel=True, cache=True)
+def _global_max_forward(x, out, arg, T):
+    # x (R, L): per row its first NaN, else its first maximum (NumPy's argmax), and where it is
+    R, L = x.shape
+    for t in prange(T):
+        for r in range(t * R // T, (t + 1) * R // T):
+            row = x[r]
+            best = row[0]
+            at = 0
+            for p in range(1, L):
+                v = row[p]
+                if not (v <= best) and best == best:   # v larger, or v the first NaN (unless best is one)
+                    best = v
+                    at = p
+            out[r] = best
+            arg[r] = at
+
+
+@njit(parallel=True, cache=True)
+def _global_max_backward(dout, arg, dx, T):
+    R, L = dx.shape
+    for t in prange(T):
+        for r in range(t * R // T, (t + 1) * R // T):
+            dx[r, :] = 0
+            dx[r, arg[r]] = dout[r]
+
+
+class GlobalMaxPool:
+    """(N, C, H, W) -> (N, C), the max over each map; ties go to the first in row-major order and
+    NaN wins (NumPy's argmax): ``numbaconv.models.global_max_pool_forward``'s results, in one kernel
+    (NumPy's argmax along a 4-16 element axis cost ~20 ns a map: ~0.5 ms of a fast-recipe step)."""
+
+    @staticmethod
+    def forward(x):
+        N, C = x.shape[:2]
+        flat = np.ascontiguousarray(x).reshape(N * C, -1)
+        out = np.empty(N * C, dtype=x.dtype)
+        arg = np.empty(N * C, dtype=np.int64)
+        with kernel_threads(flat.size):
+            _global_max_forward(flat, out, arg, min(N * C, numba.get_num_threads()))
+        return out.reshape(N, C), (x.shape, arg)
+
+    @staticmethod
+    def backward(dout, cache):
+        shape, arg = cache
+        N, C = shape[:2]
+        dx = np.empty((N * C, shape[2] * shape[3]), dtype=dout.dtype)
+        with kernel_threads(dx.size):
+            _global_max_backward(np.ascontiguousarray(dout).reshape(-1), arg, dx, min(N * C, numba.get_num_threads()))
+        return dx.reshape(shape)
