@@ -136,11 +136,13 @@ _CACHE_PROBE = textwrap.dedent("""
     nb.Conv.backward(out, cache)
     out, cache = nb.MaxPool.forward(x, {"pool_height": 2, "pool_width": 2, "stride": 2})
     nb.MaxPool.backward(out, cache)
-    kernels = [conv._forward, conv._backward, pool._pool_forward, pool._pool_backward,
-               batchnorm._bn_forward, batchnorm._bn_backward]
-    p = {}
-    out, cache = nb.SpatialBatchNorm.forward(x, np.ones(2, np.float32), np.zeros(2, np.float32), p)
-    nb.SpatialBatchNorm.backward(out, cache)
+    kernels = [conv._forward, conv._backward, pool._pool2x2_forward, pool._pool2x2_backward,
+               batchnorm._bn_forward_channels, batchnorm._bn_backward_channels,
+               batchnorm._block_stats, batchnorm._combine_stats, batchnorm._bn_apply,
+               batchnorm._block_grad_sums, batchnorm._bn_dx, batchnorm._bn_add]
+    for xb in (x, np.tile(x, (1, 1, 4, 4))):   # 4x4 rows take the per-channel kernels, 16x16 the streaming ones
+        out, cache = nb.SpatialBatchNorm.forward(xb, np.ones(2, np.float32), np.zeros(2, np.float32), {})
+        nb.SpatialBatchNorm.backward(out, cache)
     print(json.dumps({k.py_func.__name__: [sum(k.stats.cache_hits.values()), sum(k.stats.cache_misses.values())]
                       for k in kernels}))
 """)

@@ -94,3 +94,91 @@ def test_pool2x2_same_bits_on_any_thread_count(dtype):
         numba.set_num_threads(saved)
     for got, want in zip(results[-1], results[0]):
         np.testing.assert_array_equal(_bits(got), _bits(want))
+
+
+# --- batch norm: streaming kernels (rows of at least MIN_ROW) vs the per-channel ones ---------
+
+from numbaconv.cpu import batchnorm  # noqa: E402
+from numbaconv.cpu.batchnorm import SpatialBatchNorm  # noqa: E402
+
+
+def _bn_all(x, dout, gamma, beta):
+    """Every output of train-mode forward, both backwards, and test-mode forward and backward."""
+    p = {"mode": "train"}
+    out, cache = SpatialBatchNorm.forward(x, gamma, beta, p)
+    res = [out, p["running_mean"], p["running_var"], *SpatialBatchNorm.backward_alt(dout, cache),
+           *SpatialBatchNorm.backward(dout, cache)]
+    p["mode"] = "test"
+    out, cache = SpatialBatchNorm.forward(x, gamma, beta, p)
+    return res + [out, *SpatialBatchNorm.backward(dout, cache)]
+
+
+def _bn_case(dtype, shape, seed=0, offset=0.0):
+    rng = np.random.default_rng(seed)
+    return ((rng.standard_normal(shape) * 2 + offset).astype(dtype), rng.standard_normal(shape).astype(dtype),
+            rng.standard_normal(shape[1]).astype(dtype), rng.standard_normal(shape[1]).astype(dtype))
+
+
+@pytest.mark.parametrize("shape", [(5, 3, 8, 9), (1, 1, 8, 8), (7, 2, 1, 64)])
+def test_bn_streaming_agrees_with_per_channel_kernels(monkeypatch, shape):
+    # float64: the same maths summed in another order; uneven blocks of two images
+    case = _bn_case(np.float64, shape)
+    monkeypatch.setattr(batchnorm, "BLOCK_BYTES", 2 * shape[1] * shape[2] * shape[3] * 8)
+    streaming = _bn_all(*case)
+    monkeypatch.setattr(batchnorm, "MIN_ROW", 1 << 30)
+    per_channel = _bn_all(*case)
+    for got, want in zip(streaming, per_channel):
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_bn_streaming_matches_reference(dtype):
+    x, dout, gamma, beta = _bn_case(dtype, (6, 4, 9, 8), seed=1)
+    got = _bn_all(x, dout, gamma, beta)
+    p = {"mode": "train"}
+    out, cache = reference.SpatialBatchNorm.forward(x, gamma, beta, p)
+    want = [out, p["running_mean"], p["running_var"], *reference.SpatialBatchNorm.backward_alt(dout, cache),
+            *reference.SpatialBatchNorm.backward(dout, cache)]
+    tol = 1e-4 if dtype == np.float32 else 1e-10
+    for g_, w_ in zip(got, want):
+        np.testing.assert_allclose(g_, w_, rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_bn_streaming_same_bits_on_any_thread_count(dtype):
+    case = _bn_case(dtype, (9, 16, 16, 16), seed=2)   # above SMALL_WORK: runs parallel, several blocks
+    saved = numba.get_num_threads()
+    results = []
+    try:
+        for n in sorted({1, min(2, numba.config.NUMBA_NUM_THREADS)}):
+            numba.set_num_threads(n)
+            results.append(_bn_all(*case))
+    finally:
+        numba.set_num_threads(saved)
+    for got, want in zip(results[-1], results[0]):
+        np.testing.assert_array_equal(_bits(got), _bits(want))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_bn_streaming_nan_and_inf_stay_in_their_channel(dtype):
+    x, dout, gamma, beta = _bn_case(dtype, (4, 3, 8, 8), seed=3)
+    clean = _bn_all(x, dout, gamma, beta)
+    x[2, 1, 3, 5] = np.nan
+    x[1, 2, 0, 0] = np.inf
+    got = _bn_all(x, dout, gamma, beta)
+    out, rm, rv, dx = got[0], got[1], got[2], got[3]
+    assert np.isnan(out[:, 1]).all() and np.isnan(rm[1]) and np.isnan(rv[1]) and np.isnan(dx[:, 1]).all()
+    assert np.isnan(rv[2])   # inf - inf in the centred squares
+    for a, b in zip(got, clean):
+        np.testing.assert_array_equal(a[:, 0] if a.ndim == 4 else a[0], b[:, 0] if b.ndim == 4 else b[0])
+
+
+def test_bn_streaming_variance_is_centred_across_blocks(monkeypatch):
+    # mean 1e4, spread 1, blocks of one image: the blocks' means differ from the mean, and the
+    # combined squares must still be the centred ones
+    x, dout, gamma, beta = _bn_case(np.float64, (5, 3, 8, 16), seed=4, offset=1e4)
+    monkeypatch.setattr(batchnorm, "BLOCK_BYTES", 1)
+    p = {"mode": "train", "momentum": 0.0}
+    SpatialBatchNorm.forward(x, gamma, beta, p)
+    xc = x - x.mean(axis=(0, 2, 3), keepdims=True)
+    np.testing.assert_allclose(p["running_var"], (xc * xc).mean(axis=(0, 2, 3)), rtol=1e-13)
