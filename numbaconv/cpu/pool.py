@@ -7,8 +7,8 @@ up in the same order and float64 results match the reference exactly.
 
 2x2 windows of stride 2 (the models' pool; they tile the plane) have their own kernels, written
 so that LLVM vectorises them (the generic loop's data-dependent branches mispredicted about every
-other window on real data: ~7 ns per input element, 6-30x these). Their results are the generic
-loop's, bit for bit (tests/test_cpu_pool_bn_speed.py).
+other window on real data: ~7 ns per input element on one thread, 3-30x these). Their results
+are the generic loop's, bit for bit (tests/test_cpu_pool_bn_speed.py).
 """
 import numba
 import numpy as np
@@ -54,16 +54,16 @@ def _pool_forward(x, ph, pw, stride, out, arg):
 # says for every horizontal pair whether, and which, of its elements won: backward expands each
 # dout row to both rows of its windows and writes dx in one flat pass, every element once (no
 # zeroing, no scatter). Selects between constants and arithmetic on the 0/1 flag, not selects of
-# loaded codes: those LLVM left scalar (measured ~8x slower). Indices are unsigned so Numba emits
+# loaded codes: those LLVM left scalar (measured 5-8x slower). Indices are unsigned so Numba emits
 # no negative-index wraparound.
 
-MIN_WIDTH_2X2 = 4   # 2-wide planes: one window per row pair; the generic loop is as fast
+MIN_WIDTH_2X2 = 4   # 2-wide planes (one window per row pair): the generic loop measured faster
 
 
 @njit(cache=True)
 def _max2x2_plane(x, o, code, h, W):
     # x (H*W,) -> o (H*W/4,); code, h (H*W/2,): code as above, h scratch
-    # (the sizes in signed arithmetic, then converted: np.uint64(W) // 2 made pass 1 ~5x slower)
+    # (the sizes in signed arithmetic, then converted: np.uint64(W) // 2 made this ~5x slower)
     one, two = np.uint64(1), np.uint64(2)
     Wo = np.uint64(W // 2)
     Ho = np.uint64(x.size // W // 2)
