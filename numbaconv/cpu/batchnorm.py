@@ -1,13 +1,15 @@
-"""Batch norm and spatial batch norm: one set of kernels on a (N, C, P) view.
+"""Batch norm and spatial batch norm, both on a (N, C, P) view.
 
 Plain batch norm (N, D) is the P = 1 case; spatial batch norm (N, C, H, W) has
 P = H*W, so both normalise per channel over N*P values and no transpose is
-needed. Every pass walks x in memory order, parallel over fixed blocks of images
-(``_image_blocks``: a block's size depends on the shape only, never on the thread
-count): a block owns its rows of the output and its partial sums per channel,
-which a serial step adds up block by block in a fixed order. (Walking one channel
-at a time, as before, read rows of H*W elements scattered C*H*W apart: ~3x
-slower for the same sums, the hardware prefetcher cannot follow such a walk.)
+needed. Where rows (P) are at least MIN_ROW long, every pass walks x in memory
+order, parallel over fixed blocks of images (``_image_blocks``: a block's size
+depends on the shape only, never on the thread count): a block owns its rows of
+the output and its partial sums per channel, which a serial step adds up block
+by block in a fixed order. (Walking one channel at a time reads rows of P
+elements scattered C*P apart: ~3x slower for the same sums, as the hardware
+prefetcher cannot follow it.) Shorter rows, plain batch norm included, take the
+per-channel kernels (after the streaming ones), parallel over channels.
 Sums are accumulated in float64 in vector partial sums (fastmath "reassoc" only,
 see _REORDER) whose order the compiled code fixes, so float32 results are
 accurate and repeatable on any thread count.
