@@ -1,6 +1,7 @@
 """Convolution as im2col + GEMM, image by image inside one parallel Numba kernel;
 3x3 stride-1 layers with at least ``winograd.MIN_CHANNELS`` input channels go
-through ``winograd`` instead (2.25x fewer multiplies in forward, dx and dw).
+through ``winograd`` instead (F(2x2) or F(4x4) as ``winograd.tile_size`` picks:
+2.25x or 4x fewer multiplies in forward, dx and dw).
 
 Forward: the batch is split into one contiguous chunk of images per thread;
 for each image ``cols_n = im2col(x[n])`` (C*HH*WW + 1, H_out*W_out) in a buffer
@@ -197,9 +198,10 @@ class Conv:
         with kernel_threads(out.size * w2.shape[1]):
             if _gemm.AVAILABLE:
                 with blas_threads(1):  # Numba's threads each run their own GEMM
-                    if winograd.usable(g.C, g.HH, g.WW, g.stride):
+                    m = winograd.tile_size(g.C, g.HH, g.WW, g.stride, g.H_out, g.W_out)
+                    if m:
                         U = winograd.forward(x, w, b, g.pad, g.H_out, g.W_out, work_chunks(g.N),
-                                             out.reshape(g.N, g.F, -1))
+                                             out.reshape(g.N, g.F, -1), m)
                     else:
                         _forward(x, with_bias(w2, b), g.HH, g.WW, g.stride, g.pad, g.H_out, g.W_out,
                                  work_chunks(g.N), out.reshape(g.N, g.F, -1))

@@ -69,13 +69,9 @@ def _plane_stats(on, n, pmean, pm2):
 @njit(parallel=True, cache=True)
 def _wino_stats_forward(x, U, b, pad, H_out, W_out, B, T, a, pmean, pm2):
     # _conv_stats_forward's results by Winograd (winograd.forward_block), B images at a time
-    N, C = x.shape[0], x.shape[1]
-    F = U.shape[1]
-    th, tw = (H_out + 1) // 2, (W_out + 1) // 2
+    N = x.shape[0]
     for t in prange(T):
-        V = np.empty((C, 16, B * th * tw), dtype=x.dtype)
-        M = np.empty((F, 16, B * th * tw), dtype=x.dtype)
-        xpad = np.zeros((C, 2 * th + 2, 2 * tw + 2), dtype=x.dtype)
+        V, M, xpad, _ = winograd.scratch(x, U, B, H_out, W_out)
         end = (t + 1) * N // T
         for n0 in range(t * N // T, end, B):
             n1 = min(n0 + B, end)
@@ -335,16 +331,12 @@ def _bn_dout(n, a, mean, std, gamma, train, ga, gb, dout, out, arg, pool, dn):
 def _wino_bn_backward(x, U, pad, B, a, mean, std, gamma, train, ga, gb, dout, out, arg, pool, need_dx, dx,
                       dU_part, db_part):
     # _bn_conv_backward by Winograd (winograd.backward_block), B images at a time
-    N, C = x.shape[0], x.shape[1]
+    N = x.shape[0]
     F, P = a.shape[1], a.shape[2]
     H_out, W_out = x.shape[2] + 2 * pad - 2, x.shape[3] + 2 * pad - 2
-    th, tw = (H_out + 1) // 2, (W_out + 1) // 2
     T = dU_part.shape[0]
     for t in prange(T):  # chunk t owns dU_part[t], db_part[t] and dx of its images
-        V = np.empty((C, 16, B * th * tw), dtype=x.dtype)
-        M = np.empty((F, 16, B * th * tw), dtype=x.dtype)
-        xpad = np.zeros((C, 2 * th + 2, 2 * tw + 2), dtype=x.dtype)
-        dxpad = np.empty((C, 2 * th + 2, 2 * tw + 2), dtype=x.dtype)
+        V, M, xpad, dxpad = winograd.scratch(x, U, B, H_out, W_out)
         dn = np.empty((B, F, P), dtype=x.dtype)
         dU_part[t] = 0
         db_part[t] = 0
@@ -402,10 +394,11 @@ def _forward(x, w, b, gamma, beta, conv_param, bn_param, pool_param):
     pm2 = np.empty((N, C))
     U = None   # Winograd's transformed weights, when that path runs
     with kernel_threads(a.size * w2.shape[1]), blas_threads(1):
-        if winograd.usable(cg.C, cg.HH, cg.WW, cg.stride):
-            U = winograd.transform_weights(w, x.dtype)
+        m = winograd.tile_size(cg.C, cg.HH, cg.WW, cg.stride, cg.H_out, cg.W_out)
+        if m:
+            U = winograd.transform_weights(w, x.dtype, m)
             _wino_stats_forward(x, U, np.ascontiguousarray(b), cg.pad, cg.H_out, cg.W_out,
-                                winograd.block_images(cg.H_out, cg.W_out, N), work_chunks(N), _flat(a), pmean, pm2)
+                                winograd.block_images(cg.H_out, cg.W_out, N, m), work_chunks(N), _flat(a), pmean, pm2)
         else:
             _conv_stats_forward(x, with_bias(w2, b), cg.HH, cg.WW, cg.stride, cg.pad, cg.H_out, cg.W_out,
                                 work_chunks(N), _flat(a), pmean, pm2)
@@ -453,9 +446,9 @@ def _backward(dout, cache, layer, need_dx):
         db_part = np.empty((T, w2.shape[0]), dtype=x.dtype)
         if U is not None:
             dU_part = np.empty((T,) + U.shape, dtype=x.dtype)
-            _wino_bn_backward(x, U, cg.pad, winograd.block_images(cg.H_out, cg.W_out, x.shape[0]), _flat(a), mean,
-                              std, gamma, train, ga, gb, _flat(dout), _flat(out), _flat(arg), pool, need_dx, dx,
-                              dU_part, db_part)
+            B = winograd.block_images(cg.H_out, cg.W_out, x.shape[0], winograd.size_of(U.shape[0]))
+            _wino_bn_backward(x, U, cg.pad, B, _flat(a), mean, std, gamma, train, ga, gb, _flat(dout), _flat(out),
+                              _flat(arg), pool, need_dx, dx, dU_part, db_part)
             dw = winograd.weights_grad(dU_part.sum(axis=0)).astype(x.dtype)
         else:
             dw_part = np.empty((T,) + w2.shape, dtype=x.dtype)

@@ -1,22 +1,22 @@
-"""Winograd F(2x2, 3x3) convolution for 3x3 stride-1 layers: forward, dx and dw.
+"""Winograd F(2x2, 3x3) and F(4x4, 3x3) convolution for 3x3 stride-1 layers: forward, dx and dw.
 
-Each 2x2 output tile is computed from a 4x4 input tile as ``Y = A^T [(G w G^T) * (B^T d B)] A``
-(Lavin & Gray 2016): 16 products per tile and channel pair instead of 36 (2.25x fewer). Over a
-block of images the products are 16 GEMMs, one per position xi of the 4x4 transformed tile:
-``M[xi] (F, tiles) = U[xi] (F, C) @ V[xi] (C, tiles)``, with U the transformed weights and V the
-transformed input tiles (``tiles`` = every tile of the block's images, so each GEMM is wide
-enough to run near the BLAS's speed even on 4x4 maps).
+Each m x m output tile (m = 2 or 4) is computed from an n x n input tile (n = m + 2) as
+``Y = A^T [(G w G^T) * (B^T d B)] A`` (Lavin & Gray 2016): n*n products per tile and channel pair
+instead of 9*m*m (2.25x fewer for F(2x2), 4x for F(4x4)). Over a block of images the products are
+n*n GEMMs, one per position xi of the transformed tile: ``M[xi] (F, tiles) = U[xi] (F, C) @ V[xi]
+(C, tiles)``, with U the transformed weights and V the transformed input tiles (``tiles`` = every
+tile of the block's images, so each GEMM is wide enough to run near the BLAS's speed even on 4x4
+maps). The tile size is U's: n*n = 16 or 36 positions; ``tile_size`` picks it per layer.
 
 Backward stays in the transformed domain (every step below is the exact adjoint of one of
 forward's, so the results are the gradients of the function forward computes):
 ``dM = A dY A^T`` per tile, then ``dU[xi] += dM[xi] @ V[xi]^T`` (dw = G^T dU G) and
 ``dV[xi] = U[xi]^T @ dM[xi]``, whose tiles are added back onto the (overlapping) input
-positions (``B dV B^T``). dw and dx thus share one input transform and one dout transform, and
-all three products have 2.25x fewer multiplies than im2col's.
+positions (``B dV B^T``). dw and dx thus share one input transform and one dout transform.
 
 Work is split like ``conv``'s: one contiguous chunk of images per thread, each with its own
 scratch, partial dU and db summed in chunk order, so results repeat exactly for a fixed thread
-count. ``usable`` says which layers take this path (measured: see benchmarks/RESULTS.md).
+count. ``tile_size`` says which layers take this path and with which tiles (measured).
 """
 import numpy as np
 from numba import njit, prange
@@ -24,103 +24,135 @@ from numba import njit, prange
 from ._gemm import gemm
 from ._reduce import row_total
 
-# F(2x2, 3x3) weight transform: U = G w G^T
-G = np.array([[1.0, 0.0, 0.0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0.0, 0.0, 1.0]])
+# Weight transforms U = G w G^T, one per tile size m (outputs per tile side; input tiles are m + 2).
+# F(2x2): points {0, 1, -1, inf}.
+G2 = np.array([[1.0, 0.0, 0.0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0.0, 0.0, 1.0]])
+# F(4x4): points {0, 1, -1, 1/2, -2, inf}, not Lavin & Gray's {0, +-1, +-2, inf}. Rounding in the float32
+# GEMMs, amplified by the output transform, dominates the error; measured max |err| / max |out| against
+# a float64 conv (N=8, 3x3, pad 1): C=128 @ 8x8 3.1e-6 (+-2: 8.4e-6), C=256 4.8e-6 (+-2: 1.4e-5, over
+# the 1e-5 the float32 tests allow; +-1/2: 1.3e-5); F(2x2) 4e-7 to 8e-7.
+G4 = np.array([[1.0, 0.0, 0.0], [1 / 3, 1 / 3, 1 / 3], [-1 / 3, 1 / 3, -1 / 3],
+               [-16 / 15, -8 / 15, -4 / 15], [1 / 15, -2 / 15, 4 / 15], [0.0, 0.0, 1.0]])
+G = {2: G2, 4: G4}
+# The input and output transforms of F(4x4) (B^T and A^T; F(2x2)'s are written out in its kernels).
+# (the F(4x4) kernels below apply them, and their transposes, plane by plane)
+BT4 = np.array([[1, -1.5, -2, 1.5, 1, 0], [0, -1, 0.5, 2.5, 1, 0], [0, 1, -2.5, 0.5, 1, 0],
+                [0, -2, -1, 2, 1, 0], [0, 0.5, -1, -0.5, 1, 0], [0, 1, -1.5, -2, 1.5, 1]])
+AT4 = np.array([[1, 1, 1, 1, 1, 0], [0, 1, -1, 0.5, -2, 0], [0, 1, 1, 0.25, 4, 0], [0, 1, -1, 0.125, -8, 1]])
 # Below this many input channels the GEMMs' inner dimension is too short for the transforms to pay
 # (conv 3->32: im2col's K is 27 against Winograd's 3). Measured (float32, N=128, ours / PyTorch):
 # 8->16 @ 16x16 im2col 1.01, Winograd 1.18; 16->32 @ 16x16 1.00 and 0.98; 32->64 0.76-0.83 Winograd.
 MIN_CHANNELS = 16
 # Tile columns per GEMM: images are grouped into blocks of at least this many tiles
 BLOCK_TILES = 128
+# F(4x4) where it was measured faster than F(2x2): maps 16 to 31 wide with at least 64 input channels.
+# Its GEMMs take ~0.6x F(2x2)'s time but its transforms 1-1.7x, so it wins only where the GEMMs
+# dominate and the maps fill its tiles. Float32, 2 threads, F(4x4) time / F(2x2) time, forward and
+# backward, median of 4 alternations in one process: 64->64 @ 16x16 N=256 0.80 / 0.80, 64->128 @ 16x16
+# 0.86 / 0.81; but 128->128 @ 8x8 1.02 / 1.07, 128->128 @ 4x4 1.32 / 1.22, 24->64 @ 32x32 1.19 / 1.27,
+# 24->48 @ 8x8 N=128 0.91 / 0.94, 48->96 @ 4x4 0.93 / 1.22
+F4_MIN_CHANNELS = 64
+F4_MAPS = (16, 31)
 
 
-def usable(C, HH, WW, stride):
-    """True for the layers this path computes (3x3, stride 1, enough input channels)."""
-    return HH == 3 and WW == 3 and stride == 1 and C >= MIN_CHANNELS
+def tile_size(C, HH, WW, stride, H_out, W_out):
+    """The one place that picks a layer's algorithm: Winograd's tile size m (F(m x m, 3x3), 2 or 4),
+    or 0 where im2col computes it (not 3x3 stride 1, or too few input channels)."""
+    if not (HH == 3 and WW == 3 and stride == 1 and C >= MIN_CHANNELS):
+        return 0
+    lo, hi = F4_MAPS
+    return 4 if C >= F4_MIN_CHANNELS and lo <= H_out <= hi and lo <= W_out <= hi else 2
 
 
-def tiles(H_out, W_out):
-    """Tile rows and columns covering an H_out x W_out map."""
-    return (H_out + 1) // 2, (W_out + 1) // 2
+def tiles(H_out, W_out, m):
+    """Tile rows and columns covering an H_out x W_out map with m x m output tiles."""
+    return -(-H_out // m), -(-W_out // m)
 
 
-def block_images(H_out, W_out, N):
+def block_images(H_out, W_out, N, m):
     """Images per block: enough for BLOCK_TILES tile columns, at most N."""
-    th, tw = tiles(H_out, W_out)
+    th, tw = tiles(H_out, W_out, m)
     return max(1, min(N, -(-BLOCK_TILES // (th * tw))))
 
 
-def transform_weights(w, dtype):
-    """w (F, C, 3, 3) -> U (16, F, C) in ``dtype`` (computed in float64)."""
+def transform_weights(w, dtype, m):
+    """w (F, C, 3, 3) -> U ((m + 2)**2, F, C) in ``dtype`` (computed in float64)."""
     F, C = w.shape[:2]
-    U = np.empty((16, F, C), dtype=dtype)
-    _transform_weights(np.ascontiguousarray(w), U)
+    U = np.empty(((m + 2) ** 2, F, C), dtype=dtype)
+    _transform_weights(np.ascontiguousarray(w), G[m], U)
     return U
 
 
 def weights_grad(dU):
-    """The adjoint of transform_weights: dU (16, F, C) -> dw (F, C, 3, 3) in float64."""
-    _, F, C = dU.shape
+    """The adjoint of transform_weights: dU ((m + 2)**2, F, C) -> dw (F, C, 3, 3) in float64."""
+    nn, F, C = dU.shape
     dw = np.empty((F, C, 3, 3))
-    _weights_grad(np.ascontiguousarray(dU), dw)
+    _weights_grad(np.ascontiguousarray(dU), G[size_of(nn)], dw)
     return dw
 
 
-# Both weight transforms are a few adds per weight: a kernel instead of np.einsum, whose path
+# Both weight transforms are a few multiply-adds per weight: a kernel instead of np.einsum, whose path
 # search and temporaries cost more than the arithmetic (measured 0.2-3 ms a call against ~10 us)
 
 @njit(cache=True)
-def _g_rows(a, b, c):
-    # G (a, b, c)^T: rows of G are (1, 0, 0), (1/2, 1/2, 1/2), (1/2, -1/2, 1/2), (0, 0, 1)
-    return a, 0.5 * (a + b + c), 0.5 * (a - b + c), c
-
-
-@njit(cache=True)
-def _gt_rows(a, b, c, d):
-    # G^T (a, b, c, d)^T, the adjoint of _g_rows
-    return a + 0.5 * (b + c), 0.5 * (b - c), 0.5 * (b + c) + d
-
-
-@njit(cache=True)
-def _transform_weights(w, U):
-    # U[4a + b, f, c] = (G w[f, c] G^T)[a, b], in float64 then rounded to U's dtype
+def _transform_weights(w, Gm, U):
+    # U[n*a + b, f, c] = (G w[f, c] G^T)[a, b] for G (n, 3), in float64 then rounded to U's dtype
     F, C = w.shape[0], w.shape[1]
-    t = np.empty((4, 3))
+    n = Gm.shape[0]
+    t = np.empty((n, 3))
     for f in range(F):
         for c in range(C):
             k = w[f, c]
-            for l in range(3):   # G w: down each column of w
-                t[0, l], t[1, l], t[2, l], t[3, l] = _g_rows(np.float64(k[0, l]), np.float64(k[1, l]),
-                                                             np.float64(k[2, l]))
-            for a in range(4):   # then (G w) G^T: along each row
-                u0, u1, u2, u3 = _g_rows(t[a, 0], t[a, 1], t[a, 2])
-                U[4 * a, f, c] = u0
-                U[4 * a + 1, f, c] = u1
-                U[4 * a + 2, f, c] = u2
-                U[4 * a + 3, f, c] = u3
+            for a in range(n):   # G w
+                for l in range(3):
+                    t[a, l] = Gm[a, 0] * np.float64(k[0, l]) + Gm[a, 1] * np.float64(k[1, l]) + \
+                        Gm[a, 2] * np.float64(k[2, l])
+            for a in range(n):   # (G w) G^T
+                for b in range(n):
+                    U[n * a + b, f, c] = t[a, 0] * Gm[b, 0] + t[a, 1] * Gm[b, 1] + t[a, 2] * Gm[b, 2]
 
 
 @njit(cache=True)
-def _weights_grad(dU, dw):
-    # dw[f, c] = G^T dU[:, f, c] (as 4x4) G, in float64
+def _weights_grad(dU, Gm, dw):
+    # dw[f, c] = G^T dU[:, f, c] (as n x n) G, in float64
     F, C = dU.shape[1], dU.shape[2]
-    t = np.empty((4, 3))
+    n = Gm.shape[0]
+    t = np.empty((n, 3))
     for f in range(F):
         for c in range(C):
-            for a in range(4):   # dU G: along each row
-                t[a, 0], t[a, 1], t[a, 2] = _gt_rows(np.float64(dU[4 * a, f, c]), np.float64(dU[4 * a + 1, f, c]),
-                                                     np.float64(dU[4 * a + 2, f, c]), np.float64(dU[4 * a + 3, f, c]))
+            for a in range(n):   # dU G
+                for l in range(3):
+                    s = 0.0
+                    for b in range(n):
+                        s += np.float64(dU[n * a + b, f, c]) * Gm[b, l]
+                    t[a, l] = s
             k = dw[f, c]
-            for l in range(3):   # then G^T (dU G): down each column
-                k[0, l], k[1, l], k[2, l] = _gt_rows(t[0, l], t[1, l], t[2, l], t[3, l])
+            for r in range(3):   # G^T (dU G)
+                for l in range(3):
+                    s = 0.0
+                    for a in range(n):
+                        s += Gm[a, r] * t[a, l]
+                    k[r, l] = s
 
 
 @njit(cache=True)
-def _in_transform(xn, pad, th, tw, xpad, V, col0):
-    # V[:, c, col0 + i*tw + j] = B^T d B for the 4x4 tile d at (2i, 2j) of the padded image.
-    # xpad (C, 2th+2, 2tw+2) is zero outside the image; only the image is copied in.
+def _crop_copy(dxpad, pad, dxn):
+    # dxn (C, H, W) = the interior of dxpad at (pad, pad); the adjoint of _pad_copy
+    C, H, W = dxn.shape
+    upad = np.uint64(pad)
+    for c in range(C):
+        for y in range(H):
+            src = dxpad[c, y + pad]
+            dst = dxn[c, y]
+            for x in range(np.uint64(W)):
+                dst[x] = src[x + upad]
+
+
+@njit(cache=True)
+def _pad_copy(xn, pad, xpad):
+    # the image xn (C, H, W) into xpad's interior at (pad, pad); xpad's border stays as it is (zero).
     # Inner loops index with unsigned integers: a signed index that is not provably non-negative
-    # gets a wraparound test per access, which stops LLVM vectorising the loop (the copy below
+    # gets a wraparound test per access, which stops LLVM vectorising the loop (this copy
     # ran ~20x slower in a measured toy)
     C, H, W = xn.shape
     upad = np.uint64(pad)
@@ -130,6 +162,14 @@ def _in_transform(xn, pad, th, tw, xpad, V, col0):
             src = xn[c, y]
             for x in range(np.uint64(W)):
                 dst[x + upad] = src[x]
+
+
+@njit(cache=True)
+def _in_transform(xn, pad, th, tw, xpad, V, col0):
+    # V[c, :, col0 + i*tw + j] = B^T d B for the 4x4 tile d at (2i, 2j) of the padded image.
+    # xpad (C, 2th+2, 2tw+2) is zero outside the image; only the image is copied in
+    _pad_copy(xn, pad, xpad)
+    C = xn.shape[0]
     for c in range(C):
         xc = xpad[c]
         for i in range(th):
@@ -181,8 +221,7 @@ def _in_transform(xn, pad, th, tw, xpad, V, col0):
 def _in_transform_adjoint(dV, col0, th, tw, pad, dxpad, dxn):
     # dxn (C, H, W) = the sum of B dV B^T over the tiles covering each input position
     # (the adjoint of _in_transform); dxpad (C, 2th+2, 2tw+2) is scratch
-    C, H, W = dxn.shape
-    upad = np.uint64(pad)
+    C = dxn.shape[0]
     dxpad[:] = 0
     for c in range(C):
         xc = dxpad[c]
@@ -221,12 +260,7 @@ def _in_transform_adjoint(dV, col0, th, tw, pad, dxpad, dxn):
                 r3[q + 1] -= d1
                 r3[q + 2] -= d2
                 r3[q + 3] -= d3
-    for c in range(C):
-        for y in range(H):
-            src = dxpad[c, y + pad]
-            dst = dxn[c, y]
-            for x in range(np.uint64(W)):
-                dst[x] = src[x + upad]
+    _crop_copy(dxpad, pad, dxn)
 
 
 @njit(cache=True)
@@ -452,44 +486,236 @@ def _dout_tiles(dn, H_out, W_out, th, tw, dM, col0):
                 _dout_tile(dM, f, base + j, r0[2 * j], y01, zero, zero)
 
 
+# --- F(4x4, 3x3): 6x6 input tiles at (4i, 4j), 36 GEMMs per block ---
+# Its transforms run on a whole block a plane at a time: a plane is one tile position (or one
+# row/column of a separable transform's intermediate) across the block's tiles, so each inner
+# loop is one contiguous, vectorised multiply-add (_rows), and only the gathers and scatters
+# between tiles and maps are scalar. Measured on one thread, 128->128 @ 8x8: tile-at-a-time loops
+# (36 strided loads per tile) took 2.7x F(2x2)'s time per image for the output transform.
+B4 = np.ascontiguousarray(BT4.T)
+A4 = np.ascontiguousarray(AT4.T)
+
+
 @njit(cache=True)
-def forward_block(x, n0, n1, U, b, pad, H_out, W_out, out, V, M, xpad):
-    # out[n] (F, H_out*W_out) for images n0 <= n < n1 of x; V (16, C, >= cols), M (16, F, >= cols)
-    # and xpad (C, 2th+2, 2tw+2, zero outside the image) are scratch
-    _, F, C = U.shape
-    th, tw = (H_out + 1) // 2, (W_out + 1) // 2
+def _rows(S, src, s0, s_step, dst, d0, d_step, cols):
+    # dst[d0 + d_step*a, :cols] = sum over k of S[a, k] * src[s0 + s_step*k, :cols], for each row a of S
+    # (4 or 6 columns). All terms in one loop, zero coefficients included: one store per element
+    # (measured 2.9x faster than a loop per nonzero term adding into dst)
+    n = np.uint64(cols)
+    dt = dst.dtype.type
+    s_0, s_1, s_2, s_3 = src[s0], src[s0 + s_step], src[s0 + 2 * s_step], src[s0 + 3 * s_step]
+    if S.shape[1] == 4:
+        for a in range(S.shape[0]):
+            d = dst[d0 + d_step * a]
+            c0, c1, c2, c3 = dt(S[a, 0]), dt(S[a, 1]), dt(S[a, 2]), dt(S[a, 3])
+            for j in range(n):
+                d[j] = c0 * s_0[j] + c1 * s_1[j] + c2 * s_2[j] + c3 * s_3[j]
+        return
+    s_4, s_5 = src[s0 + 4 * s_step], src[s0 + 5 * s_step]
+    for a in range(S.shape[0]):
+        d = dst[d0 + d_step * a]
+        c0, c1, c2, c3, c4, c5 = dt(S[a, 0]), dt(S[a, 1]), dt(S[a, 2]), dt(S[a, 3]), dt(S[a, 4]), dt(S[a, 5])
+        for j in range(n):
+            d[j] = c0 * s_0[j] + c1 * s_1[j] + c2 * s_2[j] + c3 * s_3[j] + c4 * s_4[j] + c5 * s_5[j]
+
+
+# The gathers and scatters between maps and planes go a tile at a time with fixed 6x6 or 4x4
+# inner loops (unrolled): loops over a row of tiles run only 1-8 times on these maps
+
+@njit(cache=True)
+def _in_block4(x, n0, n1, pad, th, tw, xpad, V):
+    # V[c, :, col] = B^T d B (row-major 6x6) for each 6x6 tile d at (4i, 4j) of the padded images
+    # n0 <= n < n1: the tiles are gathered into V, then transformed plane by plane
+    C = x.shape[1]
     T = th * tw
     cols = (n1 - n0) * T
     for n in range(n0, n1):
-        _in_transform(x[n], pad, th, tw, xpad, V, (n - n0) * T)
-    ld = 16 * V.shape[2]   # V[:, xi] and M[:, xi] are matrices with rows 16 tiles apart
-    for xi in range(16):
-        gemm(False, False, F, cols, C, 1.0, U[xi], C, V[0, xi], ld, 0.0, M[0, xi], ld)
+        _pad_copy(x[n], pad, xpad)
+        base = (n - n0) * T
+        for c in range(C):
+            xc, Vc = xpad[c], V[c]
+            for i in range(th):
+                for j in range(tw):
+                    col = base + i * tw + j
+                    for k in range(6):
+                        row = xc[4 * i + k]
+                        for l in range(6):
+                            Vc[6 * k + l, col] = row[4 * j + l]
+    t = np.empty((36, cols), dtype=V.dtype)
+    for c in range(C):
+        for l in range(6):   # B^T d down each column
+            _rows(BT4, V[c], l, 6, t, l, 6, cols)
+        for a in range(6):   # then along each row
+            _rows(BT4, t, 6 * a, 1, V[c], 6 * a, 1, cols)
+
+
+@njit(cache=True)
+def _in_block4_adjoint(dV, n0, n1, th, tw, pad, dxpad, dx):
+    # dx[n] (C, H, W) = the sum of B dV B^T over the 6x6 tiles covering each input position, for
+    # n0 <= n < n1 (the adjoint of _in_block4; dV is overwritten); dxpad (C, 4th+2, 4tw+2) is scratch
+    C = dx.shape[1]
+    T = th * tw
+    cols = (n1 - n0) * T
+    t = np.empty((36, cols), dtype=dV.dtype)
+    for c in range(C):
+        for a in range(6):
+            _rows(B4, dV[c], 6 * a, 1, t, 6 * a, 1, cols)
+        for l in range(6):
+            _rows(B4, t, l, 6, dV[c], l, 6, cols)
     for n in range(n0, n1):
-        _out_transform(M, (n - n0) * T, th, tw, H_out, W_out, b, out[n])
+        dxpad[:] = 0
+        base = (n - n0) * T
+        for c in range(C):
+            xc, g = dxpad[c], dV[c]
+            for i in range(th):
+                for j in range(tw):
+                    col = base + i * tw + j
+                    for k in range(6):
+                        row = xc[4 * i + k]
+                        for l in range(6):
+                            row[4 * j + l] += g[6 * k + l, col]
+        _crop_copy(dxpad, pad, dx[n])
+
+
+@njit(cache=True)
+def _out_block4(M, n0, n1, th, tw, H_out, W_out, b, out):
+    # out[n] (F, H_out*W_out) = A^T m A + b for each 6x6 tile m = M[f, :, col] of images n0 <= n < n1;
+    # rows and columns past the map are dropped
+    F = M.shape[0]
+    T = th * tw
+    cols = (n1 - n0) * T
+    t = np.empty((24, cols), dtype=M.dtype)
+    Q = np.empty((16, cols), dtype=M.dtype)
+    for f in range(F):
+        for l in range(6):   # A^T m down each column: t[6r + l]
+            _rows(AT4, M[f], l, 6, t, l, 6, cols)
+        for r in range(4):   # then along each row: Q[4r + c], output (r, c) of every tile
+            _rows(AT4, t, 6 * r, 1, Q, 4 * r, 1, cols)
+        bf = b[f]
+        for n in range(n0, n1):
+            o = out[n, f]
+            base = (n - n0) * T
+            for i in range(th):
+                rows = min(4, H_out - 4 * i)
+                for j in range(tw):
+                    col = base + i * tw + j
+                    cl = min(4, W_out - 4 * j)
+                    p = 4 * i * W_out + 4 * j
+                    if rows == 4 and cl == 4:
+                        for r in range(4):
+                            for c in range(4):
+                                o[p + r * W_out + c] = Q[4 * r + c, col] + bf
+                    else:
+                        for r in range(rows):
+                            for c in range(cl):
+                                o[p + r * W_out + c] = Q[4 * r + c, col] + bf
+
+
+@njit(cache=True)
+def _dout_block4(dout, n0, n1, th, tw, H_out, W_out, dM):
+    # dM[f, :, col] = A dY A^T for each 4x4 tile dY of dout[n] (F, H_out*W_out), n0 <= n < n1, zero
+    # past the map (the adjoint of _out_block4)
+    F = dM.shape[0]
+    T = th * tw
+    cols = (n1 - n0) * T
+    t = np.empty((24, cols), dtype=dM.dtype)
+    P = np.zeros((16, cols), dtype=dM.dtype)   # tile positions past the map stay zero
+    for f in range(F):
+        for n in range(n0, n1):
+            d = dout[n, f]
+            base = (n - n0) * T
+            for i in range(th):
+                rows = min(4, H_out - 4 * i)
+                for j in range(tw):
+                    col = base + i * tw + j
+                    cl = min(4, W_out - 4 * j)
+                    p = 4 * i * W_out + 4 * j
+                    if rows == 4 and cl == 4:
+                        for r in range(4):
+                            for c in range(4):
+                                P[4 * r + c, col] = d[p + r * W_out + c]
+                    else:
+                        for r in range(rows):
+                            for c in range(cl):
+                                P[4 * r + c, col] = d[p + r * W_out + c]
+        for c in range(4):   # A dY down each column: t[4a + c]
+            _rows(A4, P, c, 4, t, c, 4, cols)
+        for a in range(6):   # then along each row
+            _rows(A4, t, 4 * a, 1, dM[f], 6 * a, 1, cols)
+
+
+@njit(cache=True)
+def size_of(nn):
+    """The tile size m of transformed weights with nn = (m + 2)**2 positions (U's first dimension)."""
+    return 4 if nn == 36 else 2
+
+
+@njit(cache=True)
+def scratch(x, U, B, H_out, W_out):
+    # one chunk's buffers for blocks of B images of x: V (C, nn, cols), M (F, nn, cols), xpad and
+    # dxpad (C, m*th + 2, m*tw + 2), xpad zero (its border stays so); nn = (m + 2)**2 is U's first
+    # dimension, which says the tile size m
+    C = x.shape[1]
+    nn, F = U.shape[0], U.shape[1]
+    m = size_of(nn)
+    th, tw = (H_out + m - 1) // m, (W_out + m - 1) // m
+    cols = B * th * tw
+    return (np.empty((C, nn, cols), dtype=x.dtype), np.empty((F, nn, cols), dtype=x.dtype),
+            np.zeros((C, m * th + 2, m * tw + 2), dtype=x.dtype), np.empty((C, m * th + 2, m * tw + 2), dtype=x.dtype))
+
+
+@njit(cache=True)
+def forward_block(x, n0, n1, U, b, pad, H_out, W_out, out, V, M, xpad):
+    # out[n] (F, H_out*W_out) for images n0 <= n < n1 of x; V, M and xpad are scratch (see
+    # scratch). F(2x2) or F(4x4) as U says (16 or 36 positions)
+    nn, F, C = U.shape
+    m = size_of(nn)
+    th, tw = (H_out + m - 1) // m, (W_out + m - 1) // m
+    T = th * tw
+    cols = (n1 - n0) * T
+    if m == 4:
+        _in_block4(x, n0, n1, pad, th, tw, xpad, V)
+    else:
+        for n in range(n0, n1):
+            _in_transform(x[n], pad, th, tw, xpad, V, (n - n0) * T)
+    ld = nn * V.shape[2]   # V[:, xi] and M[:, xi] are matrices with rows nn tiles apart
+    for xi in range(nn):
+        gemm(False, False, F, cols, C, 1.0, U[xi], C, V[0, xi], ld, 0.0, M[0, xi], ld)
+    if m == 4:
+        _out_block4(M, n0, n1, th, tw, H_out, W_out, b, out)
+    else:
+        for n in range(n0, n1):
+            _out_transform(M, (n - n0) * T, th, tw, H_out, W_out, b, out[n])
 
 
 @njit(cache=True)
 def backward_block(x, n0, n1, U, dout, pad, H_out, W_out, need_dx, dx, dU, db, V, M, xpad, dxpad):
-    # for images n0 <= n < n1: dU (16, F, C) += dM @ V^T, db (F,) += sums of dout, dx[n] if need_dx.
+    # for images n0 <= n < n1: dU (nn, F, C) += dM @ V^T, db (F,) += sums of dout, dx[n] if need_dx.
     # dout[n] is (F, H_out*W_out); V, M, xpad, dxpad scratch as in forward_block (V is reused
     # for dV, position by position, once dU has taken what it needs)
-    _, F, C = U.shape
-    th, tw = (H_out + 1) // 2, (W_out + 1) // 2
+    nn, F, C = U.shape
+    m = size_of(nn)
+    th, tw = (H_out + m - 1) // m, (W_out + m - 1) // m
     T = th * tw
     cols = (n1 - n0) * T
+    if m == 4:
+        _in_block4(x, n0, n1, pad, th, tw, xpad, V)
+        _dout_block4(dout, n0, n1, th, tw, H_out, W_out, M)
     for n in range(n0, n1):
-        _in_transform(x[n], pad, th, tw, xpad, V, (n - n0) * T)
         dn = dout[n]
-        _out_transform_adjoint(dn, H_out, W_out, th, tw, M, (n - n0) * T)
+        if m == 2:
+            _in_transform(x[n], pad, th, tw, xpad, V, (n - n0) * T)
+            _out_transform_adjoint(dn, H_out, W_out, th, tw, M, (n - n0) * T)
         for f in range(F):
             db[f] += row_total(dn[f])
-    ld = 16 * V.shape[2]
-    for xi in range(16):
+    ld = nn * V.shape[2]
+    for xi in range(nn):
         gemm(False, True, F, C, cols, 1.0, M[0, xi], ld, V[0, xi], ld, 1.0, dU[xi], C)
         if need_dx:
             gemm(True, False, C, cols, F, 1.0, U[xi], C, M[0, xi], ld, 0.0, V[0, xi], ld)
-    if need_dx:
+    if need_dx and m == 4:
+        _in_block4_adjoint(V, n0, n1, th, tw, pad, dxpad, dx)
+    elif need_dx:
         for n in range(n0, n1):
             _in_transform_adjoint(V, (n - n0) * T, th, tw, pad, dxpad, dx[n])
 
@@ -497,13 +723,9 @@ def backward_block(x, n0, n1, U, dout, pad, H_out, W_out, need_dx, dx, dU, db, V
 @njit(parallel=True, cache=True)
 def _forward(x, U, b, pad, H_out, W_out, B, T, out):
     # out (N, F, P); T chunks of images, each in blocks of B
-    N, C, H, W = x.shape
-    F = U.shape[1]
-    th, tw = (H_out + 1) // 2, (W_out + 1) // 2
+    N = x.shape[0]
     for t in prange(T):
-        V = np.empty((C, 16, B * th * tw), dtype=x.dtype)
-        M = np.empty((F, 16, B * th * tw), dtype=x.dtype)
-        xpad = np.zeros((C, 2 * th + 2, 2 * tw + 2), dtype=x.dtype)
+        V, M, xpad, _ = scratch(x, U, B, H_out, W_out)
         end = (t + 1) * N // T
         for n0 in range(t * N // T, end, B):
             forward_block(x, n0, min(n0 + B, end), U, b, pad, H_out, W_out, out, V, M, xpad)
@@ -513,15 +735,10 @@ def _forward(x, U, b, pad, H_out, W_out, B, T, out):
 def _backward(x, U, dout, pad, B, need_dx, dx, dU_part, db_part):
     # dout (N, F, P); chunk t owns dU_part[t], db_part[t] and dx of its images
     N, C, H, W = x.shape
-    F = U.shape[1]
     T = dU_part.shape[0]
     H_out, W_out = H + 2 * pad - 2, W + 2 * pad - 2
-    th, tw = (H_out + 1) // 2, (W_out + 1) // 2
     for t in prange(T):
-        V = np.empty((C, 16, B * th * tw), dtype=x.dtype)
-        M = np.empty((F, 16, B * th * tw), dtype=x.dtype)
-        xpad = np.zeros((C, 2 * th + 2, 2 * tw + 2), dtype=x.dtype)
-        dxpad = np.empty((C, 2 * th + 2, 2 * tw + 2), dtype=x.dtype)
+        V, M, xpad, dxpad = scratch(x, U, B, H_out, W_out)
         dU_part[t] = 0
         db_part[t] = 0
         end = (t + 1) * N // T
@@ -530,18 +747,20 @@ def _backward(x, U, dout, pad, B, need_dx, dx, dU_part, db_part):
                            db_part[t], V, M, xpad, dxpad)
 
 
-def forward(x, w, b, pad, H_out, W_out, T, out):
-    """out (N, F, H_out*W_out) = conv(x, w) + b; returns U for backward. Call with BLAS on one thread."""
-    U = transform_weights(w, x.dtype)
-    _forward(x, U, b, pad, H_out, W_out, block_images(H_out, W_out, x.shape[0]), T, out)
+def forward(x, w, b, pad, H_out, W_out, T, out, m):
+    """out (N, F, H_out*W_out) = conv(x, w) + b by F(m x m, 3x3); returns U for backward. Call with
+    BLAS on one thread."""
+    U = transform_weights(w, x.dtype, m)
+    _forward(x, U, b, pad, H_out, W_out, block_images(H_out, W_out, x.shape[0], m), T, out)
     return U
 
 
 def backward(x, U, dout, pad, T, need_dx, dx):
     """dout (N, F, H_out*W_out) -> (dw (F, C, 3, 3), db (F,)), and dx (N, C, H, W) if need_dx."""
-    _, F, C = U.shape
+    nn, F, C = U.shape
     H_out, W_out = x.shape[2] + 2 * pad - 2, x.shape[3] + 2 * pad - 2
-    dU_part = np.empty((T, 16, F, C), dtype=x.dtype)
+    dU_part = np.empty((T, nn, F, C), dtype=x.dtype)
     db_part = np.empty((T, F), dtype=x.dtype)
-    _backward(x, U, dout, pad, block_images(H_out, W_out, x.shape[0]), need_dx, dx, dU_part, db_part)
+    _backward(x, U, dout, pad, block_images(H_out, W_out, x.shape[0], size_of(nn)), need_dx, dx,
+              dU_part, db_part)
     return weights_grad(dU_part.sum(axis=0)).astype(x.dtype), db_part.sum(axis=0)
