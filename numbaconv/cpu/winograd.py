@@ -50,7 +50,9 @@ BLOCK_TILES = 128
 # dominate and the maps fill its tiles. Float32, 2 threads, F(4x4) time / F(2x2) time, forward and
 # backward, median of 4 alternations in one process: 64->64 @ 16x16 N=256 0.80 / 0.80, 64->128 @ 16x16
 # 0.86 / 0.81; but 128->128 @ 8x8 1.02 / 1.07, 128->128 @ 4x4 1.32 / 1.22, 24->64 @ 32x32 1.19 / 1.27,
-# 24->48 @ 8x8 N=128 0.91 / 0.94, 48->96 @ 4x4 0.93 / 1.22
+# 24->48 @ 8x8 N=128 0.91 / 0.94, 48->96 @ 4x4 0.93 / 1.22. At N=512 on a busy machine (load 3.5 on 2
+# cores, so +-15%): 64->64 0.84 / 0.79, 64->128 0.93 / 0.76; fused conv-BN-ReLU-pool 64->128 0.94 / 0.78,
+# conv-BN-ReLU 64->64 0.85-1.01 / 0.89-1.01. To be re-measured on a quiet machine
 F4_MIN_CHANNELS = 64
 F4_MAPS = (16, 31)
 
