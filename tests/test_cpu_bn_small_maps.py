@@ -41,7 +41,7 @@ SHAPES = [(5, 3, 4, 4), (1, 4, 2, 2), (7, 2, 1, 1), (3, 5, 8, 7), (9, 6, 3, 5), 
 def test_flat_kernels_agree_with_per_channel_kernels(monkeypatch, shape):
     # float64: the same maths summed in another order; blocks of two images, the last one short
     case = _case(np.float64, shape)
-    monkeypatch.setattr(batchnorm, "BLOCK_BYTES", 2 * int(np.prod(shape[1:])) * 8)
+    monkeypatch.setattr(batchnorm, "FLAT_BLOCK_BYTES", 2 * int(np.prod(shape[1:])) * 8)
     monkeypatch.setattr(batchnorm, "FLAT_MIN_WORK", 0)
     flat = _all(_layer(shape), *case)
     monkeypatch.setattr(batchnorm, "FLAT_MIN_WORK", 1 << 62)
@@ -67,9 +67,11 @@ def test_flat_kernels_match_reference(monkeypatch, dtype, shape):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("shape", [(40, 64, 4, 4), (70, 600)])   # above SMALL_WORK: parallel, several blocks
-def test_flat_kernels_same_bits_on_any_thread_count(dtype, shape):
+@pytest.mark.parametrize("shape", [(40, 64, 4, 4), (70, 600)])   # above SMALL_WORK: runs parallel
+def test_flat_kernels_same_bits_on_any_thread_count(monkeypatch, dtype, shape):
     assert np.prod(shape) >= batchnorm.FLAT_MIN_WORK
+    # blocks of three images: several per thread, the last one short
+    monkeypatch.setattr(batchnorm, "FLAT_BLOCK_BYTES", 3 * int(np.prod(shape[1:])) * np.dtype(dtype).itemsize)
     case = _case(dtype, shape, seed=2)
     saved = numba.get_num_threads()
     results = []
@@ -102,7 +104,7 @@ def test_flat_kernels_variance_is_centred_across_blocks(monkeypatch):
     # mean 1e4, spread 2, blocks of one image: each block's mean differs from the batch mean, and
     # the combined squares must still be the centred ones
     monkeypatch.setattr(batchnorm, "FLAT_MIN_WORK", 0)
-    monkeypatch.setattr(batchnorm, "BLOCK_BYTES", 1)
+    monkeypatch.setattr(batchnorm, "FLAT_BLOCK_BYTES", 1)
     x, dout, gamma, beta = _case(np.float64, (5, 3, 4, 4), seed=4, offset=1e4)
     p = {"mode": "train", "momentum": 0.0}
     SpatialBatchNorm.forward(x, gamma, beta, p)
