@@ -100,23 +100,7 @@ def test_pool2x2_same_bits_on_any_thread_count(dtype):
 
 from numbaconv.cpu import batchnorm  # noqa: E402
 from numbaconv.cpu.batchnorm import SpatialBatchNorm  # noqa: E402
-
-
-def _bn_all(x, dout, gamma, beta):
-    """Every output of train-mode forward, both backwards, and test-mode forward and backward."""
-    p = {"mode": "train"}
-    out, cache = SpatialBatchNorm.forward(x, gamma, beta, p)
-    res = [out, p["running_mean"], p["running_var"], *SpatialBatchNorm.backward_alt(dout, cache),
-           *SpatialBatchNorm.backward(dout, cache)]
-    p["mode"] = "test"
-    out, cache = SpatialBatchNorm.forward(x, gamma, beta, p)
-    return res + [out, *SpatialBatchNorm.backward(dout, cache)]
-
-
-def _bn_case(dtype, shape, seed=0, offset=0.0):
-    rng = np.random.default_rng(seed)
-    return ((rng.standard_normal(shape) * 2 + offset).astype(dtype), rng.standard_normal(shape).astype(dtype),
-            rng.standard_normal(shape[1]).astype(dtype), rng.standard_normal(shape[1]).astype(dtype))
+from test_cpu_bn_small_maps import _all, _case as _bn_case  # noqa: E402  (the same helpers)
 
 
 @pytest.mark.parametrize("shape", [(5, 3, 8, 9), (1, 1, 8, 8), (7, 2, 1, 64)])
@@ -124,9 +108,9 @@ def test_bn_streaming_agrees_with_per_channel_kernels(monkeypatch, shape):
     # float64: the same maths summed in another order; uneven blocks of two images
     case = _bn_case(np.float64, shape)
     monkeypatch.setattr(batchnorm, "BLOCK_BYTES", 2 * shape[1] * shape[2] * shape[3] * 8)
-    streaming = _bn_all(*case)
+    streaming = _all(SpatialBatchNorm, *case)
     monkeypatch.setattr(batchnorm, "MIN_ROW", 1 << 30)
-    per_channel = _bn_all(*case)
+    per_channel = _all(SpatialBatchNorm, *case)
     for got, want in zip(streaming, per_channel):
         np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
 
@@ -134,7 +118,7 @@ def test_bn_streaming_agrees_with_per_channel_kernels(monkeypatch, shape):
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_bn_streaming_matches_reference(dtype):
     x, dout, gamma, beta = _bn_case(dtype, (6, 4, 9, 8), seed=1)
-    got = _bn_all(x, dout, gamma, beta)
+    got = _all(SpatialBatchNorm, x, dout, gamma, beta)
     p = {"mode": "train"}
     out, cache = reference.SpatialBatchNorm.forward(x, gamma, beta, p)
     want = [out, p["running_mean"], p["running_var"], *reference.SpatialBatchNorm.backward_alt(dout, cache),
@@ -152,7 +136,7 @@ def test_bn_streaming_same_bits_on_any_thread_count(dtype):
     try:
         for n in sorted({1, min(2, numba.config.NUMBA_NUM_THREADS)}):
             numba.set_num_threads(n)
-            results.append(_bn_all(*case))
+            results.append(_all(SpatialBatchNorm, *case))
     finally:
         numba.set_num_threads(saved)
     for got, want in zip(results[-1], results[0]):
@@ -162,10 +146,10 @@ def test_bn_streaming_same_bits_on_any_thread_count(dtype):
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_bn_streaming_nan_and_inf_stay_in_their_channel(dtype):
     x, dout, gamma, beta = _bn_case(dtype, (4, 3, 8, 8), seed=3)
-    clean = _bn_all(x, dout, gamma, beta)
+    clean = _all(SpatialBatchNorm, x, dout, gamma, beta)
     x[2, 1, 3, 5] = np.nan
     x[1, 2, 0, 0] = np.inf
-    got = _bn_all(x, dout, gamma, beta)
+    got = _all(SpatialBatchNorm, x, dout, gamma, beta)
     out, rm, rv, dx = got[0], got[1], got[2], got[3]
     assert np.isnan(out[:, 1]).all() and np.isnan(rm[1]) and np.isnan(rv[1]) and np.isnan(dx[:, 1]).all()
     assert np.isnan(rv[2])   # inf - inf in the centred squares
