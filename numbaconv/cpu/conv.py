@@ -1,7 +1,10 @@
 """Convolution as im2col + GEMM, image by image inside one parallel Numba kernel;
 3x3 stride-1 layers with at least ``winograd.MIN_CHANNELS`` input channels go
 through ``winograd`` instead (F(2x2) or F(4x4) as ``winograd.tile_size`` picks:
-2.25x or 4x fewer multiplies in forward, dx and dw).
+2.25x or 4x fewer multiplies in forward, dx and dw), and the forward of 3-wide
+stride-1 layers with fewer channels (down to ``winograd_rows.MIN_CHANNELS``)
+through ``winograd_rows`` (F(4, 3) along rows: 2x fewer multiplies, no im2col);
+their backward, which needs dx, stays on im2col.
 
 Forward: the batch is split into one contiguous chunk of images per thread;
 for each image ``cols_n = im2col(x[n])`` (C*HH*WW + 1, H_out*W_out) in a buffer
@@ -22,7 +25,7 @@ import numpy as np
 from numba import njit, prange
 
 from ..checks import check_dout, conv_geometry
-from . import _gemm, winograd
+from . import _gemm, winograd, winograd_rows
 from ._blas import blas_threads, kernel_threads, matmul, work_chunks
 from ._gemm import gemm
 from ._reduce import row_total
@@ -202,6 +205,9 @@ class Conv:
                     if m:
                         U = winograd.forward(x, w, b, g.pad, g.H_out, g.W_out, work_chunks(g.N),
                                              out.reshape(g.N, g.F, -1), m)
+                    elif winograd_rows.use(g.C, g.HH, g.WW, g.stride, g.W_out):
+                        winograd_rows.forward(x, w, b, g.pad, g.H_out, g.W_out, work_chunks(g.N),
+                                              out.reshape(g.N, g.F, -1))
                     else:
                         _forward(x, with_bias(w2, b), g.HH, g.WW, g.stride, g.pad, g.H_out, g.W_out,
                                  work_chunks(g.N), out.reshape(g.N, g.F, -1))

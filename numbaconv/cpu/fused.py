@@ -32,7 +32,7 @@ import numpy as np
 from numba import njit, prange
 
 from ..checks import batchnorm_params, check_dout, conv_geometry, pool_geometry
-from . import _gemm, winograd
+from . import _gemm, winograd, winograd_rows
 from ._blas import blas_threads, kernel_threads, work_chunks
 from .batchnorm import _running_stats
 from .conv import _backward_image, _forward_image, with_bias
@@ -94,6 +94,22 @@ def _conv_stats_forward(x, w2b, HH, WW, stride, pad, H_out, W_out, T, a, pmean, 
             on = a[n]
             _forward_image(x[n], w2b, HH, WW, stride, pad, H_out, W_out, on, cols, xpad)
             _plane_stats(on, n, pmean, pm2)
+
+
+@njit(parallel=True, cache=True)
+def _rows_stats_forward(x, U, b, pad, H_out, W_out, B, T, a, pmean, pm2):
+    # _conv_stats_forward's results by Winograd along rows (winograd_rows.forward_block), B images at a time
+    N = x.shape[0]
+    F, K = U.shape[1], U.shape[2]
+    tw = winograd_rows.tiles_per_row(W_out)
+    for t in prange(T):
+        xq, tail, s, V, M = winograd_rows.scratch(x, F, K, pad, H_out, tw, B)
+        end = (t + 1) * N // T
+        for n0 in range(t * N // T, end, B):
+            n1 = min(n0 + B, end)
+            winograd_rows.forward_block(x, n0, n1, U, b, pad, H_out, W_out, a, xq, tail, s, V, M)
+            for n in range(n0, n1):
+                _plane_stats(a[n], n, pmean, pm2)
 
 
 ROWS_MIN_WIDTH = 32   # planes from this width pool with _max2x2_rows
@@ -350,6 +366,29 @@ def _wino_bn_backward(x, U, pad, B, a, mean, std, gamma, train, ga, gb, dout, ou
 
 
 @njit(parallel=True, cache=True)
+def _rows_bn_backward(x, pad, H_out, W_out, B, a, mean, std, gamma, train, ga, gb, dout, out, arg, pool, dU_part,
+                      db_part):
+    # _bn_conv_backward's dw and db (no dx) by Winograd along rows (winograd_rows.backward_block)
+    N = x.shape[0]
+    F, P = a.shape[1], a.shape[2]
+    K = dU_part.shape[3]
+    T = dU_part.shape[0]
+    tw = winograd_rows.tiles_per_row(W_out)
+    for t in prange(T):  # chunk t owns dU_part[t] and db_part[t]
+        xq, tail, s, V, M = winograd_rows.scratch(x, F, K, pad, H_out, tw, B)
+        dn = np.empty((B, F, P), dtype=x.dtype)
+        dU_part[t] = 0
+        db_part[t] = 0
+        end = (t + 1) * N // T
+        for n0 in range(t * N // T, end, B):
+            n1 = min(n0 + B, end)
+            for n in range(n0, n1):
+                _bn_dout(n, a, mean, std, gamma, train, ga, gb, dout, out, arg, pool, dn[n - n0])
+            winograd_rows.backward_block(x, n0, n1, dn, pad, H_out, W_out, dU_part[t], db_part[t], xq, tail, s,
+                                         V, M)
+
+
+@njit(parallel=True, cache=True)
 def _bn_conv_backward(x, w2, HH, WW, stride, pad, HWo, a, mean, std, gamma, train, ga, gb, dout, out, arg, pool,
                       need_dx, dx, dw_part, db_part):
     # per image: the gradient at the conv's output (_bn_dout), then conv's backward
@@ -399,6 +438,10 @@ def _forward(x, w, b, gamma, beta, conv_param, bn_param, pool_param):
             U = winograd.transform_weights(w, x.dtype, m)
             _wino_stats_forward(x, U, np.ascontiguousarray(b), cg.pad, cg.H_out, cg.W_out,
                                 winograd.block_images(cg.H_out, cg.W_out, N, m), work_chunks(N), _flat(a), pmean, pm2)
+        elif winograd_rows.use(cg.C, cg.HH, cg.WW, cg.stride, cg.W_out):
+            _rows_stats_forward(x, winograd_rows.transform_weights(w, x.dtype), np.ascontiguousarray(b), cg.pad,
+                                cg.H_out, cg.W_out, winograd_rows.block_images(cg.H_out, cg.W_out, N),
+                                work_chunks(N), _flat(a), pmean, pm2)
         else:
             _conv_stats_forward(x, with_bias(w2, b), cg.HH, cg.WW, cg.stride, cg.pad, cg.H_out, cg.W_out,
                                 work_chunks(N), _flat(a), pmean, pm2)
@@ -450,7 +493,13 @@ def _backward(dout, cache, layer, need_dx):
             _wino_bn_backward(x, U, cg.pad, B, _flat(a), mean, std, gamma, train, ga, gb, _flat(dout), _flat(out),
                               _flat(arg), pool, need_dx, dx, dU_part, db_part)
             dw = winograd.weights_grad(dU_part.sum(axis=0)).astype(x.dtype)
-        else:
+        elif not need_dx and winograd_rows.use(cg.C, cg.HH, cg.WW, cg.stride, cg.W_out):
+            dU_part = np.empty((T, winograd_rows.TAPS) + w2.shape[:1] + (cg.C * cg.HH,), dtype=x.dtype)
+            _rows_bn_backward(x, cg.pad, cg.H_out, cg.W_out, winograd_rows.block_images(cg.H_out, cg.W_out, x.shape[0]),
+                              _flat(a), mean, std, gamma, train, ga, gb, _flat(dout), _flat(out), _flat(arg), pool,
+                              dU_part, db_part)
+            dw = winograd_rows.weights_grad(dU_part.sum(axis=0), cg.C).astype(x.dtype)
+        else:   # (with dx: im2col computes dw and dx from one rebuilt cols per image)
             dw_part = np.empty((T,) + w2.shape, dtype=x.dtype)
             _bn_conv_backward(x, w2, cg.HH, cg.WW, cg.stride, cg.pad, (cg.H_out, cg.W_out), _flat(a), mean, std,
                               gamma, train, ga, gb, _flat(dout), _flat(out), _flat(arg), pool, need_dx, dx, dw_part,
