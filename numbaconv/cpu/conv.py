@@ -3,8 +3,8 @@
 through ``winograd`` instead (F(2x2) or F(4x4) as ``winograd.tile_size`` picks:
 2.25x or 4x fewer multiplies in forward, dx and dw), and the forward of 3-wide
 stride-1 layers with fewer channels (down to ``winograd_rows.MIN_CHANNELS``)
-through ``winograd_rows`` (F(4, 3) along rows: 2x fewer multiplies, no im2col);
-their backward, which needs dx, stays on im2col.
+through ``winograd_rows`` (F(4, 3) along rows: 2x fewer multiplies in forward,
+dx and dw, no im2col).
 
 Forward: the batch is split into one contiguous chunk of images per thread;
 for each image ``cols_n = im2col(x[n])`` (C*HH*WW + 1, H_out*W_out) in a buffer
@@ -197,7 +197,7 @@ class Conv:
         w2 = np.ascontiguousarray(w).reshape(g.F, -1)
         b = np.ascontiguousarray(b)
         out = np.empty((g.N, g.F, g.H_out, g.W_out), dtype=x.dtype)
-        U = None   # Winograd's transformed weights, when that path runs
+        U = None   # Winograd's transformed weights, when one of its paths runs
         with kernel_threads(out.size * w2.shape[1]):
             if _gemm.AVAILABLE:
                 with blas_threads(1):  # Numba's threads each run their own GEMM
@@ -206,8 +206,8 @@ class Conv:
                         U = winograd.forward(x, w, b, g.pad, g.H_out, g.W_out, work_chunks(g.N),
                                              out.reshape(g.N, g.F, -1), m)
                     elif winograd_rows.use(g.C, g.HH, g.WW, g.stride, g.W_out):
-                        winograd_rows.forward(x, w, b, g.pad, g.H_out, g.W_out, work_chunks(g.N),
-                                              out.reshape(g.N, g.F, -1))
+                        U = winograd_rows.forward(x, w, b, g.pad, g.H_out, g.W_out, work_chunks(g.N),
+                                                  out.reshape(g.N, g.F, -1))
                     else:
                         _forward(x, with_bias(w2, b), g.HH, g.WW, g.stride, g.pad, g.H_out, g.W_out,
                                  work_chunks(g.N), out.reshape(g.N, g.F, -1))
@@ -223,9 +223,15 @@ class Conv:
         dout = np.ascontiguousarray(dout)
         dx = np.empty_like(x)
         with kernel_threads(dout.size * w2.shape[1]):
-            if U is not None:
+            if U is not None:   # the Winograd path's transformed weights: (6, F, C*HH) along rows
+                rows = U.shape[0] == winograd_rows.TAPS
                 with blas_threads(1):
-                    dw, db = winograd.backward(x, U, dout.reshape(g.N, g.F, -1), g.pad, work_chunks(g.N), True, dx)
+                    if rows:
+                        dw, db = winograd_rows.backward(x, U, dout.reshape(g.N, g.F, -1), g.pad, g.H_out, g.W_out,
+                                                        work_chunks(g.N), True, dx)
+                    else:
+                        dw, db = winograd.backward(x, U, dout.reshape(g.N, g.F, -1), g.pad, work_chunks(g.N), True,
+                                                   dx)
                 return dx, dw, db
             if _gemm.AVAILABLE:
                 T = work_chunks(g.N)

@@ -366,16 +366,17 @@ def _wino_bn_backward(x, U, pad, B, a, mean, std, gamma, train, ga, gb, dout, ou
 
 
 @njit(parallel=True, cache=True)
-def _rows_bn_backward(x, pad, H_out, W_out, B, a, mean, std, gamma, train, ga, gb, dout, out, arg, pool, dU_part,
-                      db_part):
-    # _bn_conv_backward's dw and db (no dx) by Winograd along rows (winograd_rows.backward_block)
+def _rows_bn_backward(x, U, pad, H_out, W_out, B, a, mean, std, gamma, train, ga, gb, dout, out, arg, pool, need_dx,
+                      dx, dU_part, db_part):
+    # _bn_conv_backward by Winograd along rows (winograd_rows.backward_block), B images at a time
     N = x.shape[0]
     F, P = a.shape[1], a.shape[2]
     K = dU_part.shape[3]
     T = dU_part.shape[0]
     tw = winograd_rows.tiles_per_row(W_out)
-    for t in prange(T):  # chunk t owns dU_part[t] and db_part[t]
+    for t in prange(T):  # chunk t owns dU_part[t], db_part[t] and dx of its images
         xq, tail, s, V, M = winograd_rows.scratch(x, F, K, pad, H_out, tw, B)
+        ds, dtail, e4 = np.empty_like(s), np.empty_like(tail[0]), np.empty(H_out * tw, dtype=x.dtype)
         dn = np.empty((B, F, P), dtype=x.dtype)
         dU_part[t] = 0
         db_part[t] = 0
@@ -384,8 +385,8 @@ def _rows_bn_backward(x, pad, H_out, W_out, B, a, mean, std, gamma, train, ga, g
             n1 = min(n0 + B, end)
             for n in range(n0, n1):
                 _bn_dout(n, a, mean, std, gamma, train, ga, gb, dout, out, arg, pool, dn[n - n0])
-            winograd_rows.backward_block(x, n0, n1, dn, pad, H_out, W_out, dU_part[t], db_part[t], xq, tail, s,
-                                         V, M)
+            winograd_rows.backward_block(x, n0, n1, dn, pad, H_out, W_out, U, need_dx, dx, dU_part[t], db_part[t],
+                                         xq, tail, s, V, M, ds, dtail, e4)
 
 
 @njit(parallel=True, cache=True)
@@ -493,13 +494,14 @@ def _backward(dout, cache, layer, need_dx):
             _wino_bn_backward(x, U, cg.pad, B, _flat(a), mean, std, gamma, train, ga, gb, _flat(dout), _flat(out),
                               _flat(arg), pool, need_dx, dx, dU_part, db_part)
             dw = winograd.weights_grad(dU_part.sum(axis=0)).astype(x.dtype)
-        elif not need_dx and winograd_rows.use(cg.C, cg.HH, cg.WW, cg.stride, cg.W_out):
-            dU_part = np.empty((T, winograd_rows.TAPS) + w2.shape[:1] + (cg.C * cg.HH,), dtype=x.dtype)
-            _rows_bn_backward(x, cg.pad, cg.H_out, cg.W_out, winograd_rows.block_images(cg.H_out, cg.W_out, x.shape[0]),
-                              _flat(a), mean, std, gamma, train, ga, gb, _flat(dout), _flat(out), _flat(arg), pool,
-                              dU_part, db_part)
+        elif winograd_rows.use(cg.C, cg.HH, cg.WW, cg.stride, cg.W_out):
+            Ur = winograd_rows.transform_weights(w2.reshape(w_shape), x.dtype)
+            dU_part = np.empty((T,) + Ur.shape, dtype=x.dtype)
+            _rows_bn_backward(x, Ur, cg.pad, cg.H_out, cg.W_out,
+                              winograd_rows.block_images(cg.H_out, cg.W_out, x.shape[0]), _flat(a), mean, std, gamma,
+                              train, ga, gb, _flat(dout), _flat(out), _flat(arg), pool, need_dx, dx, dU_part, db_part)
             dw = winograd_rows.weights_grad(dU_part.sum(axis=0), cg.C).astype(x.dtype)
-        else:   # (with dx: im2col computes dw and dx from one rebuilt cols per image)
+        else:
             dw_part = np.empty((T,) + w2.shape, dtype=x.dtype)
             _bn_conv_backward(x, w2, cg.HH, cg.WW, cg.stride, cg.pad, (cg.H_out, cg.W_out), _flat(a), mean, std,
                               gamma, train, ga, gb, _flat(dout), _flat(out), _flat(arg), pool, need_dx, dx, dw_part,

@@ -9,13 +9,14 @@ fast as on im2col's C*HH*WW (measured 68 and 76 GFLOP/s, float32, one thread), w
 C (12) is too short to pay; and there is no im2col copy (the input transform writes 6*C*HH values
 per 4 outputs instead of 3*4*C*HH).
 
-Backward (dw and db; ``fused`` uses it where no dx is wanted, the first layer of a net) stays in
-the transformed domain as ``winograd``'s does: ``dM = A dY`` per tile, then ``dU[xi] += dM[xi] @
-V[xi]^T`` and dw = G^T dU. Layers that need dx take im2col's backward, which needs only x and w.
+Backward stays in the transformed domain as ``winograd``'s does: ``dM = A dY`` per tile, then
+``dU[xi] += dM[xi] @ V[xi]^T`` (dw = G^T dU) and, for dx, ``dV[xi] = U[xi]^T @ dM[xi]`` and ``B dV``
+added back onto the overlapping input positions (the fused layers skip dx for a first layer).
 
 Measured (one process, turns taken, median; 2 threads on a lightly loaded 2-core machine, N=128,
-pad 1), im2col's kernel time / this one's: 12 -> 24 @ 16x16 forward 1.2-1.3x, dw 1.1-1.2x; 12 -> 32
-@ 32x32 forward 1.3-1.5x, dw 1.2-1.3x (float32 and float64).
+pad 1), im2col's time / this one's: 12 -> 24 @ 16x16 conv forward 1.1-1.25x, backward 1.2-1.25x,
+the fused layer's kernels forward 1.2-1.3x, dx-free backward 1.1-1.2x; 12 -> 32 @ 32x32 1.3-1.55x
+(float32 and float64).
 
 As with any Winograd transform, an infinite input mixes into the whole tile: where x holds inf or
 NaN, outputs of the same 4-pixel tile may be NaN where direct convolution gives a finite value or
@@ -43,8 +44,8 @@ BLOCK_TILES = 128
 
 
 def use(C, HH, WW, stride, W_out):
-    """True where this path computes a layer: WW 3, stride 1, at least MIN_CHANNELS input channels
-    (and below ``winograd.MIN_CHANNELS``, which the caller checks first)."""
+    """True where this path computes a layer that 2-D Winograd does not (callers ask
+    ``winograd.tile_size`` first): 3 wide, stride 1, at least MIN_CHANNELS input channels."""
     return WW == 3 and stride == 1 and C >= MIN_CHANNELS and W_out >= TILE
 
 
@@ -304,9 +305,79 @@ def _dout_transform(dn, col0, H_out, W_out, tw, dM):
 
 
 @njit(cache=True)
-def backward_block(x, n0, n1, dn, pad, H_out, W_out, dU, db, xq, tail, s, V, M):
-    # adds images n0 <= n < n1's shares to dU (6, F, K) and db (F,); dn[n - n0] (F, P) is the
-    # gradient at image n's output. M holds the transformed gradient (dM)
+def _in_transform_adjoint(dV, col0, HH, H_out, tw, pad, ds, dtail, e4, dxn):
+    # dxn (C, H, W) = the sum of B dV over the tiles covering each input position (the adjoint of
+    # _in_transform: each step of it in reverse). ds (4, Hp*tw + 1), dtail (Hp, 2) and e4 (Q,)
+    # are scratch. One loop per input phase, as in _in_transform, so each vectorises
+    dt = dV.dtype.type
+    h, two, q5, g5 = dt(1.5), dt(2.0), dt(0.5), dt(2.5)
+    C, H, W = dxn.shape
+    Q = H_out * tw
+    ds0, ds1, ds2, ds3 = ds[0], ds[1], ds[2], ds[3]
+    for c in range(C):
+        ds[:] = 0
+        dtail[:] = 0
+        for k in range(HH):
+            r = c * HH + k
+            o = k * tw
+            v0 = dV[0, r, col0:col0 + Q]
+            v1 = dV[1, r, col0:col0 + Q]
+            v2 = dV[2, r, col0:col0 + Q]
+            v3 = dV[3, r, col0:col0 + Q]
+            v4 = dV[4, r, col0:col0 + Q]
+            v5 = dV[5, r, col0:col0 + Q]
+            a = ds0[o:o + Q]   # inputs 0-3 of tile q: B's columns 0-3
+            for q in range(Q):
+                a[q] += v0[q]
+            a = ds1[o:o + Q]
+            for q in range(Q):
+                a[q] += v2[q] - h * v0[q] - v1[q] - two * v3[q] + q5 * v4[q] + v5[q]
+            a = ds2[o:o + Q]
+            for q in range(Q):
+                a[q] += q5 * v1[q] - two * v0[q] - g5 * v2[q] - v3[q] - v4[q] - h * v5[q]
+            a = ds3[o:o + Q]
+            for q in range(Q):
+                a[q] += h * v0[q] + g5 * v1[q] + q5 * v2[q] + two * v3[q] - q5 * v4[q] - two * v5[q]
+            for q in range(Q):   # input 4: column 4 of the next tile (s[0] one on), or the tail
+                e4[q] = v0[q] + v1[q] + v2[q] + v3[q] + v4[q] + h * v5[q]
+            for i in range(H_out):
+                q = i * tw + tw - 1
+                dtail[i + k, 0] += e4[q]
+                dtail[i + k, 1] += v5[q]
+                e4[q] = 0
+            a = ds0[o + 1:o + Q + 1]
+            for q in range(Q):
+                a[q] += e4[q]
+            for i in range(H_out):   # input 5 likewise, from s[1]; the last tiles' went to the tail
+                q = i * tw + tw - 1
+                e4[q] = v5[q]
+                v5[q] = 0
+            a = ds1[o + 1:o + Q + 1]
+            for q in range(Q):
+                a[q] += v5[q]
+            for i in range(H_out):   # (dV is scratch, but put back what was borrowed)
+                q = i * tw + tw - 1
+                v5[q] = e4[q]
+        # the padded plane's gradient at image positions: column j + pad is tile (j + pad) // 4,
+        # phase (j + pad) % 4, or a tail column
+        xo = dxn[c]
+        Wq = TILE * tw
+        for y in range(H):
+            row = (y + pad) * tw
+            for j in range(W):
+                col = j + pad
+                if col < Wq:
+                    xo[y, j] = ds[col % TILE, row + col // TILE]
+                else:
+                    xo[y, j] = dtail[y + pad, col - Wq]
+
+
+@njit(cache=True)
+def backward_block(x, n0, n1, dn, pad, H_out, W_out, U, need_dx, dx, dU, db, xq, tail, s, V, M, ds, dtail, e4):
+    # adds images n0 <= n < n1's shares to dU (6, F, K) and db (F,) and, if need_dx, writes dx[n];
+    # dn[n - n0] (F, P) is the gradient at image n's output. M holds the transformed gradient
+    # (dM); then, for dx, V the transformed input gradient (dV = U^T dM) and ds its split plane
+    # (not s: _split leaves s's padding as it finds it, zero)
     F, K = dU.shape[1], dU.shape[2]
     C = x.shape[1]
     HH = K // C
@@ -317,31 +388,52 @@ def backward_block(x, n0, n1, dn, pad, H_out, W_out, dU, db, xq, tail, s, V, M):
         if not (x.shape[3] == TILE * tw and pad <= 1):
             _pad_copy(x[n], pad, tw, xq, tail)
         _in_transform(x[n], pad, xq, tail, HH, H_out, tw, s, V, (n - n0) * Q)
-        _dout_transform(dn[n - n0], (n - n0) * Q, H_out, W_out, tw, M)
-        for f in range(F):
-            db[f] += row_total(dn[n - n0, f])
+        col0 = (n - n0) * Q
+        _dout_transform(dn[n - n0], col0, H_out, W_out, tw, M)
+        for f in range(F):   # dM[1] holds each tile's sum of dy: a quarter of the terms to add
+            db[f] += row_total(M[1, f, col0:col0 + Q])
     for xi in range(TAPS):   # dU[xi] += dM[xi] @ V[xi]^T
         gemm(False, True, F, K, (n1 - n0) * Q, 1.0, M[xi], ld, V[xi], ld, 1.0, dU[xi], K)
+    if need_dx:
+        for xi in range(TAPS):   # dV[xi] = U[xi]^T @ dM[xi], into V (used up)
+            gemm(True, False, K, (n1 - n0) * Q, F, 1.0, U[xi], K, M[xi], ld, 0.0, V[xi], ld)
+        for n in range(n0, n1):
+            _in_transform_adjoint(V, (n - n0) * Q, HH, H_out, tw, pad, ds, dtail, e4, dx[n])
 
 
 @njit(parallel=True, cache=True)
-def _backward(x, dout, pad, H_out, W_out, B, dU_part, db_part):
-    # dw and db only (dx by conv's im2col backward); chunk t owns dU_part[t] and db_part[t]
+def _backward(x, U, dout, pad, H_out, W_out, B, need_dx, dx, dU_part, db_part):
+    # chunk t owns dU_part[t], db_part[t] and dx of its images
     N = x.shape[0]
     F, K = dU_part.shape[2], dU_part.shape[3]
     T = dU_part.shape[0]
     tw = (W_out + TILE - 1) // TILE
     for t in prange(T):
         xq, tail, s, V, M = scratch(x, F, K, pad, H_out, tw, B)
+        ds, dtail, e4 = np.empty_like(s), np.empty_like(tail[0]), np.empty(H_out * tw, dtype=x.dtype)
         dU_part[t] = 0
         db_part[t] = 0
         end = (t + 1) * N // T
         for n0 in range(t * N // T, end, B):
             n1 = min(n0 + B, end)
-            backward_block(x, n0, n1, dout[n0:n1], pad, H_out, W_out, dU_part[t], db_part[t], xq, tail, s, V, M)
+            backward_block(x, n0, n1, dout[n0:n1], pad, H_out, W_out, U, need_dx, dx, dU_part[t], db_part[t],
+                           xq, tail, s, V, M, ds, dtail, e4)
 
 
 def forward(x, w, b, pad, H_out, W_out, T, out):
-    """out (N, F, H_out*W_out) = conv(x, w) + b by Winograd along rows, in T chunks of images."""
-    _forward(x, transform_weights(w, x.dtype), np.ascontiguousarray(b), pad, H_out, W_out,
-             block_images(H_out, W_out, x.shape[0]), T, out)
+    """out (N, F, H_out*W_out) = conv(x, w) + b by Winograd along rows, in T chunks of images;
+    returns the transformed weights U (6, F, C*HH) for backward."""
+    U = transform_weights(w, x.dtype)
+    _forward(x, U, np.ascontiguousarray(b), pad, H_out, W_out, block_images(H_out, W_out, x.shape[0]), T, out)
+    return U
+
+
+def backward(x, U, dout, pad, H_out, W_out, T, need_dx, dx):
+    """(dw, db) of the layer whose forward ran here (U its transformed weights), dx written if
+    need_dx; dout (N, F, H_out*W_out); T chunks of images, partials summed in chunk order."""
+    N, F = dout.shape[0], dout.shape[1]
+    C = x.shape[1]
+    dU_part = np.empty((T,) + U.shape, dtype=x.dtype)
+    db_part = np.empty((T, F), dtype=x.dtype)
+    _backward(x, U, dout, pad, H_out, W_out, block_images(H_out, W_out, N), need_dx, dx, dU_part, db_part)
+    return weights_grad(dU_part.sum(axis=0), C).astype(x.dtype), db_part.sum(axis=0)
