@@ -44,7 +44,8 @@ BLOCK_BYTES = 1 << 17
 # The same for the flat kernels (short rows): their per-block cost is a sum per channel of K = C*P
 # accumulators, so larger blocks pay off (4x4 maps: 1 << 19 measured 15-20% faster than 1 << 17;
 # still about L2, for the second walk)
-FLAT_BLOCK_BYTES = 1 << 19
+FLAT_BLOCK_BYTES = 1 << 20
+FLAT_MIN_BLOCKS = 4
 # Rows (H*W) shorter than this take the flat kernels below: streaming rows of a few elements
 # costs a call and a short loop each (plain batch norm, P = 1: measured 4-6x slower); from 8x8
 # maps on, the streaming kernels were measured 1.3-1.6x faster than the flat ones
@@ -55,9 +56,14 @@ FLAT_MIN_WORK = SMALL_WORK
 
 
 def _image_blocks(x3, flat):
-    """Images per block for x3 (N, C, P): a function of the shape only."""
+    """Images per block for x3 (N, C, P): a function of the shape only. Flat blocks are balanced
+    (equal but for the last) and at least FLAT_MIN_BLOCKS where N allows, so threads get equal shares."""
     N, C, P = x3.shape
-    return max(1, min(N, (FLAT_BLOCK_BYTES if flat else BLOCK_BYTES) // max(1, C * P * x3.itemsize)))
+    row = max(1, C * P * x3.itemsize)
+    if not flat:
+        return max(1, min(N, BLOCK_BYTES // row))
+    blocks = min(N, max(FLAT_MIN_BLOCKS, -(-N * row // FLAT_BLOCK_BYTES)))
+    return -(-N // blocks)
 
 
 @njit(cache=True)
@@ -304,13 +310,26 @@ def _flat_stats(x, P, per, S, D, Q, Mc):
 
 @njit(parallel=True, cache=True)
 def _flat_apply(x, P, per, mu, inv, g, bt, out):
-    # out = g * ((x - mu) * inv) + bt, the constants per channel in float64
+    # out = g * ((x - mu) * inv) + bt, the constants per channel in float64; four images at a
+    # time, so each element's constants are loaded once per four (measured ~40% faster on 4x4 maps)
     N, K = x.shape
     for b in prange((N + per - 1) // per):
         mv, iv = _expand(mu, P, np.empty(K)), _expand(inv, P, np.empty(K))
         gv, bv = _expand(g, P, np.empty(K)), _expand(bt, P, np.empty(K))
-        for n in range(b * per, min(N, (b + 1) * per)):
-            r, o = x[n], out[n]
+        n1 = min(N, (b + 1) * per)
+        n = b * per
+        while n + 4 <= n1:
+            r0, r1, r2, r3 = x[n], x[n + 1], x[n + 2], x[n + 3]
+            o0, o1, o2, o3 = out[n], out[n + 1], out[n + 2], out[n + 3]
+            for i in range(K):
+                m, v, gc, bc = mv[i], iv[i], gv[i], bv[i]
+                o0[i] = gc * ((r0[i] - m) * v) + bc
+                o1[i] = gc * ((r1[i] - m) * v) + bc
+                o2[i] = gc * ((r2[i] - m) * v) + bc
+                o3[i] = gc * ((r3[i] - m) * v) + bc
+            n += 4
+        for n4 in range(n, n1):   # the block's last images, one at a time
+            r, o = x[n4], out[n4]
             for i in range(K):
                 o[i] = gv[i] * ((r[i] - mv[i]) * iv[i]) + bv[i]
 
@@ -369,16 +388,40 @@ def _flat_dx(dout, x, P, per, mode, A, mu, H, Cc, dx, SD):
     # dx = dout * A, and unless mode 0 (test: the statistics are constants, x is not read)
     # + (x - mu) * H + Cc, constants per channel in float64: the staged and closed forms of
     # _bn_dx regrouped so that each element needs four constants (mode 1: H = 2 dvar / M, Cc = 0;
-    # mode 2: A = g inv, H = -g sum(dout xhat) inv**2 / M, Cc = -g sum(dout) inv / M).
-    # Mode 1 also sums the stored dx per block into SD
+    # mode 2: A = g inv, H = -g sum(dout xhat) inv**2 / M, Cc = -g sum(dout) inv / M), loaded once
+    # per four images as in _flat_apply. Mode 1 also sums the stored dx per block into SD
     N, K = x.shape
     C = K // P
     for b in prange(SD.shape[0]):
         av, mv = _expand(A, P, np.empty(K)), _expand(mu, P, np.empty(K))
         hv, cv = _expand(H, P, np.empty(K)), _expand(Cc, P, np.empty(K))
         acc = np.zeros(K if mode == 1 else 0)
-        for n in range(b * per, min(N, (b + 1) * per)):
-            d, r, o = dout[n], x[n], dx[n]
+        n1 = min(N, (b + 1) * per)
+        n = b * per
+        while n + 4 <= n1:
+            d0, d1, d2, d3 = dout[n], dout[n + 1], dout[n + 2], dout[n + 3]
+            o0, o1, o2, o3 = dx[n], dx[n + 1], dx[n + 2], dx[n + 3]
+            if mode == 0:
+                for i in range(K):
+                    a = av[i]
+                    o0[i] = d0[i] * a
+                    o1[i] = d1[i] * a
+                    o2[i] = d2[i] * a
+                    o3[i] = d3[i] * a
+            else:
+                r0, r1, r2, r3 = x[n], x[n + 1], x[n + 2], x[n + 3]
+                for i in range(K):
+                    a, m, h, c = av[i], mv[i], hv[i], cv[i]
+                    o0[i] = d0[i] * a + (r0[i] - m) * h + c
+                    o1[i] = d1[i] * a + (r1[i] - m) * h + c
+                    o2[i] = d2[i] * a + (r2[i] - m) * h + c
+                    o3[i] = d3[i] * a + (r3[i] - m) * h + c
+                if mode == 1:   # the stored (dtype-rounded) values, as the graph sees them
+                    for i in range(K):
+                        acc[i] += (o0[i] + o1[i]) + (o2[i] + o3[i])
+            n += 4
+        for n4 in range(n, n1):   # the block's last images, one at a time
+            d, r, o = dout[n4], x[n4], dx[n4]
             if mode == 0:
                 for i in range(K):
                     o[i] = d[i] * av[i]
@@ -387,7 +430,7 @@ def _flat_dx(dout, x, P, per, mode, A, mu, H, Cc, dx, SD):
                     o[i] = d[i] * av[i] + (r[i] - mv[i]) * hv[i] + cv[i]
                 if mode == 1:
                     for i in range(K):
-                        acc[i] += o[i]   # the stored (dtype-rounded) values, as the graph sees them
+                        acc[i] += o[i]
         for c in range(C):
             SD[b, c] = _row_sum(acc[c * P:(c + 1) * P]) if mode == 1 else 0.0
 
