@@ -25,7 +25,8 @@ SHAPES = [  # x shape, filters, kernel height, pad
     ((1, 1, 4, 9), 2, 3, 0),    # N=1, C=1, no padding, W_out 7
     ((3, 2, 6, 5), 3, 3, 2),    # pad 2: W_out 7, a map larger than the input
     ((5, 2, 8, 8), 2, 3, 1),    # rows of whole tiles (split from the image), N not a multiple of the block
-    ((2, 3, 6, 10), 3, 3, 0),   # pad 0, W_out 8: whole tiles, split from the image
+    ((2, 3, 6, 10), 3, 3, 0),   # pad 0, W_out 8: whole tiles, split from the padded copy
+    ((2, 3, 6, 8), 3, 3, 0),    # pad 0, W 8: split straight from the image, the last tile cut (W_out 6)
     ((2, 2, 7, 6), 3, 5, 2),    # a 5x3 kernel
     ((3, 2, 5, 12), 2, 1, 1),   # a 1x3 kernel
 ]

@@ -107,13 +107,20 @@ def _pad_copy(xn, pad, tw, xq, tail):
 
 
 @njit(cache=True)
+def _rows_are_tiles(W, pad, tw):
+    """Image rows exactly the tiles' width (16- and 32-wide maps, pad 0 or 1): _split reads the image
+    itself, and no padded copy is made."""
+    return W == TILE * tw and pad <= 1
+
+
+@njit(cache=True)
 def _split(xn, c, pad, tw, xq, tail, s):
-    # s[e][y*tw + t] = the padded plane c at (y, 4t + e), e < 4. Where image rows are exactly the
-    # tiles' width (W == 4*tw, pad <= 1: 16- and 32-wide maps) straight from the image in one loop
-    # over the plane, then the row ends put right; else from xq, the padded copy (_pad_copy)
+    # s[e][y*tw + t] = the padded plane c at (y, 4t + e), e < 4. Where _rows_are_tiles, straight
+    # from the image in one loop over the plane, then the row ends put right; else from xq, the
+    # padded copy (_pad_copy)
     H, W = xn.shape[1], xn.shape[2]
     s0, s1, s2, s3 = s[0], s[1], s[2], s[3]
-    if W == TILE * tw and pad <= 1:
+    if _rows_are_tiles(W, pad, tw):
         xf = xn[c].reshape(-1)
         if pad == 0:
             for q in range(H * tw):
@@ -244,7 +251,7 @@ def forward_block(x, n0, n1, U, b, pad, H_out, W_out, out, xq, tail, s, V, M):
     Q = H_out * tw
     ld = V.shape[2]
     for n in range(n0, n1):
-        if not (x.shape[3] == TILE * tw and pad <= 1):
+        if not _rows_are_tiles(x.shape[3], pad, tw):
             _pad_copy(x[n], pad, tw, xq, tail)
         _in_transform(x[n], pad, xq, tail, HH, H_out, tw, s, V, (n - n0) * Q)
     for xi in range(TAPS):
@@ -385,7 +392,7 @@ def backward_block(x, n0, n1, dn, pad, H_out, W_out, U, need_dx, dx, dU, db, xq,
     Q = H_out * tw
     ld = V.shape[2]
     for n in range(n0, n1):
-        if not (x.shape[3] == TILE * tw and pad <= 1):
+        if not _rows_are_tiles(x.shape[3], pad, tw):
             _pad_copy(x[n], pad, tw, xq, tail)
         _in_transform(x[n], pad, xq, tail, HH, H_out, tw, s, V, (n - n0) * Q)
         col0 = (n - n0) * Q
