@@ -9,21 +9,25 @@ the output and its partial sums per channel, which a serial step adds up block
 by block in a fixed order. (Walking one channel at a time reads rows of P
 elements scattered C*P apart: ~3x slower for the same sums, as the hardware
 prefetcher cannot follow it.) Shorter rows, plain batch norm included, take the
-flat kernels: each image is one row of C*P elements, summed into per-element
-accumulators per block of images (same blocks, same fixed order); only small
+flat kernels: each image is one row of C*P elements, summed four images at a
+time into per-element accumulators per block of images (balanced blocks, the
+same fixed order); only small
 work (under FLAT_MIN_WORK elements, run on one thread) takes the per-channel
 kernels at the end, one channel per iteration.
 Sums are accumulated in float64 in vector partial sums (fastmath "reassoc" only,
 see _REORDER) whose order the compiled code fixes, so float32 results are
-accurate and repeatable on any thread count.
+accurate and repeatable on any thread count; the flat kernels first add four
+images' terms of an element in x's dtype (at most three roundings, see there).
 
 The variance stays centred (no one-pass E[x^2] - E[x]^2): each block sums its
 squares about its own mean, in a second walk over the block while it is still in
 cache, and the blocks are combined exactly (Chan et al.: plus n_b (m_b - mu)^2 and
-the block's residual sum 2 (m_b - mu) sum(x - m_b)). Backward sums dout and
-dout*xhat in one pass, then writes dx. The normalised input xhat is not stored:
-backward recomputes it from x with the forward's exact expression, which saves a
-full-size write per forward pass. The elementwise outputs keep their expressions.
+the block's residual sum 2 (m_b - mu) sum(x - m_b); m_b as x's dtype holds it in
+the flat kernels). Backward sums dout and dout*xhat in one pass, then writes dx.
+The normalised input xhat is not stored: backward recomputes it from x with the
+forward's expression (the flat kernels' sums: in x's dtype), which saves a
+full-size write per forward pass. The elementwise outputs are computed in
+float64; the flat dx regroups the same expression to four constants per element.
 """
 import numpy as np
 from numba import njit, prange
@@ -42,9 +46,11 @@ _REORDER = {"reassoc"}
 # second walk over a block (the squares about its mean) finds it in L2.
 BLOCK_BYTES = 1 << 17
 # The same for the flat kernels (short rows): their per-block cost is a sum per channel of K = C*P
-# accumulators, so larger blocks pay off (4x4 maps: 1 << 19 measured 15-20% faster than 1 << 17;
-# still about L2, for the second walk)
+# accumulators, so larger blocks pay off (4x4 maps, fwd+bwd on 1 thread: 1 << 20 measured 0-5%
+# faster than 1 << 19, which was 15-20% faster than 1 << 17)
 FLAT_BLOCK_BYTES = 1 << 20
+# ... but at least this many blocks where N allows, all of equal size but the last, so that two or
+# four threads get equal shares (unequal blocks left one of two threads idle a third of the time)
 FLAT_MIN_BLOCKS = 4
 # Rows (H*W) shorter than this take the flat kernels below: streaming rows of a few elements
 # costs a call and a short loop each (plain batch norm, P = 1: measured 4-6x slower); from 8x8
@@ -437,12 +443,23 @@ def _flat_dx(dout, x, P, per, mode, A, mu, H, Cc, dx, SD):
 
 @njit(parallel=True, cache=True)
 def _flat_add(dx, P, per, shift):
-    # the staged backward's last step: dx = dx + shift[c] (= dmu / M)
+    # the staged backward's last step: dx = dx + shift[c] (= dmu / M), four images at a time
     N, K = dx.shape
     for b in prange((N + per - 1) // per):
         sv = _expand(shift, P, np.empty(K))
-        for n in range(b * per, min(N, (b + 1) * per)):
-            o = dx[n]
+        n1 = min(N, (b + 1) * per)
+        n = b * per
+        while n + 4 <= n1:
+            o0, o1, o2, o3 = dx[n], dx[n + 1], dx[n + 2], dx[n + 3]
+            for i in range(K):
+                s = sv[i]
+                o0[i] = o0[i] + s
+                o1[i] = o1[i] + s
+                o2[i] = o2[i] + s
+                o3[i] = o3[i] + s
+            n += 4
+        for n4 in range(n, n1):
+            o = dx[n4]
             for i in range(K):
                 o[i] = o[i] + sv[i]
 
