@@ -27,7 +27,8 @@ the flat kernels). Backward sums dout and dout*xhat in one pass, then writes dx.
 The normalised input xhat is not stored: backward recomputes it from x with the
 forward's expression (the flat kernels' sums: in x's dtype), which saves a
 full-size write per forward pass. The elementwise outputs are computed in
-float64; the flat dx regroups the same expression to four constants per element.
+float64, except the flat kernels' dx: the same expression regrouped to four
+constants per element, computed in x's dtype.
 """
 import numpy as np
 from numba import njit, prange
@@ -395,12 +396,14 @@ def _flat_dx(dout, x, P, per, mode, A, mu, H, Cc, dx, SD):
     # + (x - mu) * H + Cc, constants per channel in float64: the staged and closed forms of
     # _bn_dx regrouped so that each element needs four constants (mode 1: H = 2 dvar / M, Cc = 0;
     # mode 2: A = g inv, H = -g sum(dout xhat) inv**2 / M, Cc = -g sum(dout) inv / M), loaded once
-    # per four images as in _flat_apply. Mode 1 also sums the stored dx per block into SD
+    # per four images as in _flat_apply, and computed in x's dtype (float32: 8 lanes a vector, no
+    # conversions; measured ~25% faster than float64 on 4x4 maps, a few float32 roundings per
+    # element, as PyTorch and the reference). Mode 1 also sums the stored dx per block into SD
     N, K = x.shape
     C = K // P
     for b in prange(SD.shape[0]):
-        av, mv = _expand(A, P, np.empty(K)), _expand(mu, P, np.empty(K))
-        hv, cv = _expand(H, P, np.empty(K)), _expand(Cc, P, np.empty(K))
+        av, mv = _expand(A, P, np.empty_like(x[0])), _expand(mu, P, np.empty_like(x[0]))
+        hv, cv = _expand(H, P, np.empty_like(x[0])), _expand(Cc, P, np.empty_like(x[0]))
         acc = np.zeros(K if mode == 1 else 0)
         n1 = min(N, (b + 1) * per)
         n = b * per
