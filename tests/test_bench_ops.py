@@ -194,7 +194,7 @@ def test_bench_cli_step_with_busy_writes_json(tmp_path):
     data = json.loads(out.read_text())
     from numbaconv.cpu import _threads
 
-    # what this process runs with (the default "passive", unless the environment chose otherwise)
+    # what this process runs with (the default "passive" and "free-cores", unless the environment chose otherwise)
     assert data["machine"]["busy_processes"] == 1
     assert data["machine"]["thread_candidates"] == _threads.applied()["candidates"]
     (row,) = data["rows"]

@@ -1,4 +1,4 @@
-"""numbaconv.cpu._threads: the thread candidates of issue #12: "passive" by default (measured, see
+"""numbaconv.cpu._threads: the thread candidates of issue #12: "passive" and "free-cores" by default (measured, see
 _threads.DEFAULT), others only when named, "none" for numba's and libgomp's own defaults; they say
 when they cannot take effect and leave results as they are (no timing here)."""
 import json
@@ -45,7 +45,7 @@ def _probe(candidates: str | None, **extra_env):
 
 def test_parse_names_the_choices():
     assert _threads.parse(" passive, free-cores ") == ["passive", "free-cores"]
-    assert _threads.parse(None) == _threads.parse("") == list(_threads.DEFAULT) == ["passive"]
+    assert _threads.parse(None) == _threads.parse("") == list(_threads.DEFAULT) == ["passive", "free-cores"]
     assert _threads.parse("none") == []
     with pytest.raises(ValueError, match=r"unknown candidate 'turbo'; choose from passive, spin-10k, workqueue"):
         _threads.parse("passive,turbo")
@@ -59,15 +59,15 @@ def test_every_candidate_says_why_and_changes_something():
 
 def test_passive_by_default_scoped_to_numbas_libgomp_and_results_do_not_depend_on_it():
     default, _ = _probe(None)
-    assert default["applied"] == {"candidates": ["passive"], "notes": []}
+    assert default["applied"] == {"candidates": ["passive", "free-cores"], "notes": []}
     # libgomp was loaded (numba's threads started) inside the import, with OMP_WAIT_POLICY set for
     # that moment only: the environment is the user's again afterwards (no other OpenMP runtime
     # or child process inherits it)
     assert default["layer_at_import"] in ("omp", "tbb", "workqueue") and default["omp_wait"] is None
     off, _ = _probe("none")
     assert off["applied"] == {"candidates": [], "notes": []} and off["layer_at_import"] is False
-    mine, _ = _probe(None, OMP_WAIT_POLICY="ACTIVE")   # a user's own setting wins over the default
-    assert mine["applied"]["candidates"] == [] and mine["omp_wait"] == "ACTIVE"
+    mine, _ = _probe(None, OMP_WAIT_POLICY="ACTIVE")   # a user's own wait setting wins over the default's
+    assert mine["applied"]["candidates"] == ["free-cores"] and mine["omp_wait"] == "ACTIVE"
     queue, _ = _probe("workqueue")
     assert queue["layer"] == "workqueue" and off["layer"] in ("omp", "tbb", "workqueue")
     # the same thread count gives the same numbers, bit for bit, whatever waits or hands out the work
@@ -91,6 +91,7 @@ def test_an_unknown_name_in_the_variable_is_a_warning_and_nothing_applied():
 def test_free_cores_caps_kernel_threads_only_when_chosen(monkeypatch):
     n = numba.get_num_threads()
     monkeypatch.setattr(_threads, "free_cores", lambda: 1)
+    monkeypatch.setattr(_threads, "_free_cores", False)   # as with NUMBACONV_THREAD_CANDIDATES=passive
     assert _threads.threads_for_call(n) == n            # not chosen: the caller's count
     monkeypatch.setattr(_threads, "_free_cores", True)
     assert _threads.threads_for_call(n) == 1

@@ -22,7 +22,7 @@ Why a parallel region waits for a descheduled thread (read from numba 0.68 and l
   worker threads, once woken by a multi-threaded NumPy matmul, also spin before sleeping.
 
 Each candidate below is one row: what it changes, in which unit, and why it might help. ``DEFAULT``
-("passive", chosen by measurement: see its comment) applies unless the user set libgomp's own
+("passive" and "free-cores", chosen by measurement: see its comment) applies unless the user set libgomp's own
 ``OMP_WAIT_POLICY``/``GOMP_SPINCOUNT``; libgomp reads them once, when it loads, so ``numbaconv.cpu``'s
 import starts numba's threads with the variable set and then puts the environment back (other OpenMP
 runtimes in the process, e.g. PyTorch's, and child processes keep the user's settings). Others are
@@ -91,11 +91,14 @@ CANDIDATES = {
 }
 
 # What applies when NUMBACONV_THREAD_CANDIDATES is unset. Measured (benchmarks/RESULTS.md, "Busy
-# machine"; benchmarks/busy_steps.py, 2 cores, one kept busy by another process, 2 rounds): libgomp's
-# default spinning gave 79.5 training steps in 12 s against 108 on one thread (0.74x); "passive" gave
-# 103 against 101.5 (1.01x), with the quiet machine unchanged (176.5 vs 178.5 steps, within the
-# rounds' spread). "free-cores" did a little better busy but costs ~5% quiet and repeatability.
-DEFAULT = ("passive",)
+# machine"; benchmarks/busy_steps.py, 2 cores, one kept busy by another process): libgomp's default
+# spinning gave 0.74x the 1-thread steps; "passive" (idle threads sleep) 1.01, 1.03, then 0.85-0.90
+# once the kernels got faster (more, shorter parallel regions, each waiting for a thread that shares
+# its core with the other process); "passive" + "free-cores" (each call also runs on the cores other
+# processes leave free) 1.04, 1.17, 0.97 in the same rounds, with the quiet machine 169/303/326
+# steps against passive's 176.5/280/320 (within the rounds' spread). Results do not depend on it
+# (chunks follow the planned thread count, _blas.work_chunks; tested).
+DEFAULT = ("passive", "free-cores")
 # A user's own libgomp wait settings win over the default.
 USER_WAIT_VARIABLES = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
 
@@ -166,8 +169,8 @@ def configure(spec: str | None = None) -> dict:
     _applied["configured"] = True
     chosen = os.environ.get(ENV) if spec is None else spec
     names = parse(chosen)
-    if not (chosen or "").strip() and any(k in os.environ for k in USER_WAIT_VARIABLES):
-        names = []   # the default yields to the user's own libgomp settings
+    if not (chosen or "").strip():   # the default's wait setting yields to the user's own libgomp settings
+        names = [n for n in names if not any(k in os.environ for k in CANDIDATES[n].env if k in USER_WAIT_VARIABLES)]
     if not names:
         return applied()
     started = parallel._is_initialized
