@@ -3,7 +3,6 @@ the reference: conv and the fused conv-BN-ReLU[-pool] layers, on shapes that hit
 maps, whose last tiles are cut; 1x1 maps; N=1; C=1; pads 0 and 2). The ``every_layer`` fixture lowers
 the thresholds so these small shapes take the path, once per tile size; a stride-2 or non-3x3 layer
 must fall back to im2col."""
-import copy
 
 import numba
 import numpy as np
@@ -13,8 +12,7 @@ import numbaconv.cpu as cpu
 from numbaconv import get_backend
 from numbaconv.cpu import _gemm, winograd
 from numbaconv.cpu._blas import blas_threads
-from numbaconv.layers import sandwiches
-from test_fused_layers import _close   # float64 to 1e-10, float32 to 1e-5 of the array's scale
+from test_fused_layers import _close, check_cpu_fused_against_reference   # _close: float64 to 1e-10, float32 to 1e-5 of the scale
 
 pytestmark = pytest.mark.skipif(not _gemm.AVAILABLE, reason="Winograd runs only with a Numba-callable BLAS")
 
@@ -144,35 +142,8 @@ def test_results_repeat_exactly(every_layer, dtype):
 @pytest.mark.parametrize("pool, H, mode, need_dx", [(True, 6, "train", True), (False, 5, "train", True),
                                                     (True, 4, "test", True), (False, 3, "train", False)])
 def test_fused_layers_match_the_reference_composition(every_layer, dtype, pool, H, mode, need_dx):
-    rng = np.random.default_rng(4)
-    N, C, F = 3, 2, 4
-    x = rng.standard_normal((N, C, H, H)).astype(dtype)
-    w = rng.standard_normal((F, C, 3, 3)).astype(dtype)
-    b, gamma, beta = (rng.standard_normal(F).astype(dtype) for _ in range(3))
-    name = "Conv_BatchNorm_ReLU_Pool" if pool else "Conv_BatchNorm_ReLU"
-    extra = ({"pool_height": 2, "pool_width": 2, "stride": 2},) if pool else ()
-    bn_ref = {"mode": mode}
-    if mode == "test":
-        bn_ref.update(running_mean=(0.3 * beta).astype(dtype), running_var=(np.abs(gamma) + 0.5).astype(dtype))
-    bn = copy.deepcopy(bn_ref)
-    cp = {"stride": 1, "pad": 1}
-    ref, fused = getattr(sandwiches("reference"), name), getattr(cpu, name)
-    out_r, cache_r = ref.forward(x, w, b, gamma, beta, cp, bn_ref, *extra)
-    out, cache = fused.forward(x, w, b, gamma, beta, cp, bn, *extra)
+    cache = check_cpu_fused_against_reference((3, 2, H, H), 4, dtype, pool, mode, need_dx)
     assert _took(cache, every_layer)
-    _close(out, out_r, dtype, "out")
-    for key in ("running_mean", "running_var"):
-        _close(bn[key], bn_ref[key], dtype, key)
-    dout = rng.standard_normal(out.shape).astype(dtype)
-    got, want = fused.backward(dout, cache, need_dx=need_dx), ref.backward(dout, cache_r)
-    assert (got[0] is None) == (not need_dx)
-    for name_, g, g_ref in zip(("dx", "dw", "db", "dgamma", "dbeta"), got, want):
-        if g is None:
-            continue
-        if name_ == "db" and mode == "train":   # a bias before batch norm: zero up to rounding
-            assert np.max(np.abs(g - g_ref)) < (1e-10 if dtype == np.float64 else 1e-4)
-        else:
-            _close(g, g_ref, dtype, name_)
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])

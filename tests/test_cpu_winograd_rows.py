@@ -5,7 +5,6 @@ whose rows are exactly whole tiles, split straight from the image; pads 0 and 2;
 rows high; N=1; N not a multiple of the block). The ``every_layer`` fixture lowers the thresholds so
 these small shapes take the path (and keeps 3x3 layers off 2-D Winograd); other layers must stay on
 im2col."""
-import copy
 
 import numba
 import numpy as np
@@ -15,8 +14,7 @@ import numbaconv.cpu as cpu
 from numbaconv import get_backend
 from numbaconv.cpu import _gemm, fused, winograd, winograd_rows
 from numbaconv.cpu._blas import blas_threads
-from numbaconv.layers import sandwiches
-from test_fused_layers import _close   # float64 to 1e-10, float32 to 1e-5 of the array's scale
+from test_fused_layers import _close, check_cpu_fused_against_reference   # _close: float64 to 1e-10, float32 to 1e-5 of the scale
 
 pytestmark = pytest.mark.skipif(not _gemm.AVAILABLE, reason="the rows path runs only with a Numba-callable BLAS")
 
@@ -96,35 +94,8 @@ def test_weights_grad_is_the_adjoint_of_transform_weights():
 @pytest.mark.parametrize("pool, H, W, mode, need_dx", [(True, 8, 8, "train", False), (False, 5, 7, "train", False),
                                                        (True, 6, 10, "test", True), (False, 6, 6, "train", True)])
 def test_fused_layers_match_the_reference_composition(every_layer, dtype, pool, H, W, mode, need_dx):
-    rng = np.random.default_rng(4)
-    N, C, F = 5, 2, 4
-    x = rng.standard_normal((N, C, H, W)).astype(dtype)
-    w = rng.standard_normal((F, C, 3, 3)).astype(dtype)
-    b, gamma, beta = (rng.standard_normal(F).astype(dtype) for _ in range(3))
-    name = "Conv_BatchNorm_ReLU_Pool" if pool else "Conv_BatchNorm_ReLU"
-    extra = ({"pool_height": 2, "pool_width": 2, "stride": 2},) if pool else ()
-    bn_ref = {"mode": mode}
-    if mode == "test":
-        bn_ref.update(running_mean=(0.3 * beta).astype(dtype), running_var=(np.abs(gamma) + 0.5).astype(dtype))
-    bn = copy.deepcopy(bn_ref)
-    cp = {"stride": 1, "pad": 1}
-    ref, layer = getattr(sandwiches("reference"), name), getattr(cpu, name)
-    out_r, cache_r = ref.forward(x, w, b, gamma, beta, cp, bn_ref, *extra)
-    out, cache = layer.forward(x, w, b, gamma, beta, cp, bn, *extra)
-    _close(out, out_r, dtype, "out")
-    for key in ("running_mean", "running_var"):
-        _close(bn[key], bn_ref[key], dtype, key)
-    dout = rng.standard_normal(out.shape).astype(dtype)
-    got, want = layer.backward(dout, cache, need_dx=need_dx), ref.backward(dout, cache_r)
+    check_cpu_fused_against_reference((5, 2, H, W), 4, dtype, pool, mode, need_dx)
     assert every_layer == ["_rows_stats_forward", "_rows_bn_backward"]
-    assert (got[0] is None) == (not need_dx)
-    for name_, g, g_ref in zip(("dx", "dw", "db", "dgamma", "dbeta"), got, want):
-        if g is None:
-            continue
-        if name_ == "db" and mode == "train":   # a bias before batch norm: zero up to rounding
-            assert np.max(np.abs(g - g_ref)) < (1e-10 if dtype == np.float64 else 1e-4)
-        else:
-            _close(g, g_ref, dtype, name_)
 
 
 def test_results_depend_on_the_planned_chunks_not_the_running_threads():

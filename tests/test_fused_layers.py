@@ -41,6 +41,40 @@ def _close(got, want, dtype, what):
         assert np.max(np.abs(got - want)) <= 1e-5 * max(np.max(np.abs(want)), 1.0), what
 
 
+def check_cpu_fused_against_reference(x_shape, F, dtype, pool, mode, need_dx, seed=4):
+    """A cpu fused layer (3x3, pad 1, optional 2x2 pool) against the reference composition: output,
+    running stats and every gradient (dx only when ``need_dx``). Returns the fused forward's cache,
+    so a caller can say which kernel path ran."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal(x_shape).astype(dtype)
+    w = rng.standard_normal((F, x_shape[1], 3, 3)).astype(dtype)
+    b, gamma, beta = (rng.standard_normal(F).astype(dtype) for _ in range(3))
+    name = "Conv_BatchNorm_ReLU_Pool" if pool else "Conv_BatchNorm_ReLU"
+    extra = ({"pool_height": 2, "pool_width": 2, "stride": 2},) if pool else ()
+    bn_ref = {"mode": mode}
+    if mode == "test":
+        bn_ref.update(running_mean=(0.3 * beta).astype(dtype), running_var=(np.abs(gamma) + 0.5).astype(dtype))
+    bn = copy.deepcopy(bn_ref)
+    cp = {"stride": 1, "pad": 1}
+    ref, fused = getattr(sandwiches("reference"), name), getattr(cpu, name)
+    out_r, cache_r = ref.forward(x, w, b, gamma, beta, cp, bn_ref, *extra)
+    out, cache = fused.forward(x, w, b, gamma, beta, cp, bn, *extra)
+    _close(out, out_r, dtype, "out")
+    for key in ("running_mean", "running_var"):
+        _close(bn[key], bn_ref[key], dtype, key)
+    dout = rng.standard_normal(out.shape).astype(dtype)
+    got, want = fused.backward(dout, cache, need_dx=need_dx), ref.backward(dout, cache_r)
+    assert (got[0] is None) == (not need_dx)
+    for name_, g, g_ref in zip(("dx", "dw", "db", "dgamma", "dbeta"), got, want):
+        if g is None:
+            continue
+        if name_ == "db" and mode == "train":   # a bias before batch norm: zero up to rounding
+            assert np.max(np.abs(g - g_ref)) < (1e-10 if dtype == np.float64 else 1e-4)
+        else:
+            _close(g, g_ref, dtype, name_)
+    return cache
+
+
 GRID = [("cpu", dtype, pool, conv, mode) for dtype in (np.float64, np.float32) for pool in POOLS
         for conv in range(len(CONVS)) for mode in ("train", "test")
         if not (pool == "3x3 s1" and CONVS[conv][0]["stride"] == 2)]   # overlapping pools: with the stride-1 conv
