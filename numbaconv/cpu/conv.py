@@ -1,9 +1,9 @@
 """Convolution as im2col + GEMM, image by image inside one parallel Numba kernel;
 3x3 stride-1 layers with at least ``winograd.MIN_CHANNELS`` input channels go
 through ``winograd`` instead (F(2x2) or F(4x4) as ``winograd.tile_size`` picks:
-2.25x or 4x fewer multiplies in forward, dx and dw), and the forward of 3-wide
-stride-1 layers with fewer channels (down to ``winograd_rows.MIN_CHANNELS``)
-through ``winograd_rows`` (F(4, 3) along rows: 2x fewer multiplies in forward,
+2.25x or 4x fewer multiplies in forward, dx and dw), and 3-wide stride-1 layers
+with fewer channels (down to ``winograd_rows.MIN_CHANNELS``) through
+``winograd_rows`` (F(4, 3) along rows: 2x fewer multiplies in forward,
 dx and dw, no im2col).
 
 Forward: the batch is split into one contiguous chunk of images per thread;

@@ -432,7 +432,7 @@ def _forward(x, w, b, gamma, beta, conv_param, bn_param, pool_param):
     M = a.size // C
     pmean = np.empty((N, C))
     pm2 = np.empty((N, C))
-    U = None   # Winograd's transformed weights, when that path runs
+    U = None   # Winograd's transformed weights (2-D or along rows), when one of its paths runs
     with kernel_threads(a.size * w2.shape[1]), blas_threads(1):
         m = winograd.tile_size(cg.C, cg.HH, cg.WW, cg.stride, cg.H_out, cg.W_out)
         if m:
@@ -440,7 +440,8 @@ def _forward(x, w, b, gamma, beta, conv_param, bn_param, pool_param):
             _wino_stats_forward(x, U, np.ascontiguousarray(b), cg.pad, cg.H_out, cg.W_out,
                                 winograd.block_images(cg.H_out, cg.W_out, N, m), work_chunks(N), _flat(a), pmean, pm2)
         elif winograd_rows.use(cg.C, cg.HH, cg.WW, cg.stride, cg.W_out):
-            _rows_stats_forward(x, winograd_rows.transform_weights(w, x.dtype), np.ascontiguousarray(b), cg.pad,
+            U = winograd_rows.transform_weights(w, x.dtype)
+            _rows_stats_forward(x, U, np.ascontiguousarray(b), cg.pad,
                                 cg.H_out, cg.W_out, winograd_rows.block_images(cg.H_out, cg.W_out, N),
                                 work_chunks(N), _flat(a), pmean, pm2)
         else:
@@ -488,19 +489,18 @@ def _backward(dout, cache, layer, need_dx):
     with kernel_threads(a.size * w2.shape[1]), blas_threads(1):
         T = work_chunks(x.shape[0])
         db_part = np.empty((T, w2.shape[0]), dtype=x.dtype)
-        if U is not None:
+        if U is not None and U.shape[0] == winograd_rows.TAPS:   # along rows: U from forward, as in Conv
+            dU_part = np.empty((T,) + U.shape, dtype=x.dtype)
+            _rows_bn_backward(x, U, cg.pad, cg.H_out, cg.W_out,
+                              winograd_rows.block_images(cg.H_out, cg.W_out, x.shape[0]), _flat(a), mean, std, gamma,
+                              train, ga, gb, _flat(dout), _flat(out), _flat(arg), pool, need_dx, dx, dU_part, db_part)
+            dw = winograd_rows.weights_grad(dU_part.sum(axis=0), cg.C).astype(x.dtype)
+        elif U is not None:
             dU_part = np.empty((T,) + U.shape, dtype=x.dtype)
             B = winograd.block_images(cg.H_out, cg.W_out, x.shape[0], winograd.size_of(U.shape[0]))
             _wino_bn_backward(x, U, cg.pad, B, _flat(a), mean, std, gamma, train, ga, gb, _flat(dout), _flat(out),
                               _flat(arg), pool, need_dx, dx, dU_part, db_part)
             dw = winograd.weights_grad(dU_part.sum(axis=0)).astype(x.dtype)
-        elif winograd_rows.use(cg.C, cg.HH, cg.WW, cg.stride, cg.W_out):
-            Ur = winograd_rows.transform_weights(w2.reshape(w_shape), x.dtype)
-            dU_part = np.empty((T,) + Ur.shape, dtype=x.dtype)
-            _rows_bn_backward(x, Ur, cg.pad, cg.H_out, cg.W_out,
-                              winograd_rows.block_images(cg.H_out, cg.W_out, x.shape[0]), _flat(a), mean, std, gamma,
-                              train, ga, gb, _flat(dout), _flat(out), _flat(arg), pool, need_dx, dx, dU_part, db_part)
-            dw = winograd_rows.weights_grad(dU_part.sum(axis=0), cg.C).astype(x.dtype)
         else:
             dw_part = np.empty((T,) + w2.shape, dtype=x.dtype)
             _bn_conv_backward(x, w2, cg.HH, cg.WW, cg.stride, cg.pad, (cg.H_out, cg.W_out), _flat(a), mean, std,
