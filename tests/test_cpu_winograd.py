@@ -98,7 +98,7 @@ def test_f4_only_where_it_was_measured_faster(C, H, W, m):
 def test_weights_grad_is_the_adjoint_of_transform_weights(m):
     rng = np.random.default_rng(2)
     w, dU = rng.standard_normal((3, 2, 3, 3)), rng.standard_normal(((m + 2) ** 2, 3, 2))
-    assert np.isclose(np.vdot(winograd.transform_weights(w, np.float64, m), dU), np.vdot(w, winograd.weights_grad(dU)))
+    assert np.isclose(np.vdot(winograd.transform_weights(w, np.float64, m), dU), np.vdot(w, winograd.weights_grad(dU[None])))
 
 
 @pytest.mark.parametrize("m", [2, 4])
@@ -112,8 +112,19 @@ def test_weight_transforms_are_g_w_gt_and_its_adjoint(dtype, m):
     U = winograd.transform_weights(w, dtype, m)
     assert U.dtype == dtype
     _close(U, np.einsum("ak,fckl,bl->abfc", G, w, G).reshape(n * n, 5, 4), dtype, "U")
-    _close(winograd.weights_grad(dU), np.einsum("ak,abfc,bl->fckl", G, dU.reshape(n, n, 5, 4).astype(np.float64), G),
-           np.float64, "dw")
+    dw = winograd.weights_grad(dU[None])
+    assert dw.dtype == dtype
+    _close(dw, np.einsum("ak,abfc,bl->fckl", G, dU.reshape(n, n, 5, 4).astype(np.float64), G), dtype, "dw")
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_weights_grad_sums_the_chunk_parts_in_order(dtype):
+    # per-chunk parts are added in chunk order in their dtype, then transformed: the same bits as
+    # summing them first (what a single-chunk call sees)
+    rng = np.random.default_rng(4)
+    parts = rng.standard_normal((3, 16, 7, 9)).astype(dtype)
+    total = (parts[0] + parts[1]) + parts[2]
+    np.testing.assert_array_equal(winograd.weights_grad(parts), winograd.weights_grad(total[None]))
 
 
 def test_f4_matrices_compute_a_3x3_correlation():

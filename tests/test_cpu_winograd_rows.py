@@ -87,7 +87,25 @@ def test_weights_grad_is_the_adjoint_of_transform_weights():
     rng = np.random.default_rng(3)
     w, dU = rng.standard_normal((3, 2, 5, 3)), rng.standard_normal((6, 3, 10))
     U = winograd_rows.transform_weights(w, np.float64)
-    np.testing.assert_allclose(np.vdot(U, dU), np.vdot(w, winograd_rows.weights_grad(dU, 2)), rtol=1e-12)
+    np.testing.assert_allclose(np.vdot(U, dU), np.vdot(w, winograd_rows.weights_grad(dU[None], 2)), rtol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_weight_transforms_are_g_w_and_its_adjoint_over_chunk_parts(dtype):
+    # the kernels against their definitions, U = G w along the kernel's width and dw = G^T dU, with
+    # einsum; dU arrives as per-chunk parts, added in chunk order in their dtype
+    rng = np.random.default_rng(5)
+    w = rng.standard_normal((4, 3, 2, 3)).astype(dtype)
+    parts = rng.standard_normal((3, 6, 4, 6)).astype(dtype)
+    U = winograd_rows.transform_weights(w, dtype)
+    assert U.dtype == dtype
+    want_U = np.einsum("xl,fckl->xfck", winograd.G4, w.astype(np.float64)).reshape(6, 4, 6).astype(dtype)
+    np.testing.assert_allclose(U, want_U, rtol=1e-6 if dtype == np.float32 else 1e-14)
+    dw = winograd_rows.weights_grad(parts, 3)
+    assert dw.dtype == dtype and dw.shape == (4, 3, 2, 3)
+    total = ((parts[0] + parts[1]) + parts[2]).astype(np.float64)
+    want_dw = np.einsum("xl,xfck->fckl", winograd.G4, total.reshape(6, 4, 3, 2)).astype(dtype)
+    np.testing.assert_allclose(dw, want_dw, rtol=1e-6 if dtype == np.float32 else 1e-14, atol=1e-12)
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])

@@ -51,6 +51,42 @@ def _sum(v, mu):
     return s, s2
 
 
+@njit(cache=True)
+def _batch_stats(pmean, pm2, per, eps, mo, rest, train, running_mean, running_var):
+    """(mean, std) in float64 for the kernels, and the new running (mean, var). Train: per-image
+    (mean, M2) pairs (N, C) of ``per`` values each, combined by Chan et al. in image order, the
+    statistics then stored in the dtype (as SpatialBatchNorm stores them) and the running update
+    momentum ``mo`` and 1 - momentum ``rest``, in the dtype (SpatialBatchNorm's update); test: the
+    running stats. One call instead of ~20 NumPy ones (~0.4 ms a step of the fast recipe, measured),
+    the same operations in the same order as the NumPy expressions it replaced: the same bits."""
+    N, C = pmean.shape
+    mean, var = running_mean.copy(), running_var.copy()
+    new_mean, new_var = running_mean.copy(), running_var.copy()
+    if train:
+        M = N * per
+        m64, q, r = np.zeros(C), np.zeros(C), np.zeros(C)
+        for n in range(N):
+            for c in range(C):
+                m64[c] += pmean[n, c]
+                q[c] += pm2[n, c]
+        for c in range(C):
+            m64[c] /= N
+        for n in range(N):
+            for c in range(C):
+                d = pmean[n, c] - m64[c]
+                r[c] += d * d
+        for c in range(C):
+            mean[c] = m64[c]
+            var[c] = (q[c] + per * r[c]) / M
+            new_mean[c] = mo * running_mean[c] + rest * mean[c]
+            new_var[c] = mo * running_var[c] + rest * var[c]
+    mean_f, std = np.empty(C), np.empty(C)
+    for c in range(C):
+        mean_f[c] = np.float64(mean[c])
+        std[c] = np.sqrt(np.float64(var[c]) + eps)
+    return mean_f, std, new_mean, new_var
+
+
 def _flat(a):
     """(N, C, H, W) -> (N, C, H*W), a view."""
     return a.reshape(a.shape[0], a.shape[1], -1)
@@ -429,7 +465,6 @@ def _forward(x, w, b, gamma, beta, conv_param, bn_param, pool_param):
     hm = np.empty(out.shape if pool else (1, 1, 0, 0), dtype=a.dtype)
     w2 = np.ascontiguousarray(w).reshape(cg.F, -1)
     N, C = cg.N, cg.F
-    M = a.size // C
     pmean = np.empty((N, C))
     pm2 = np.empty((N, C))
     U = None   # Winograd's transformed weights (2-D or along rows), when one of its paths runs
@@ -449,24 +484,16 @@ def _forward(x, w, b, gamma, beta, conv_param, bn_param, pool_param):
                                 work_chunks(N), _flat(a), pmean, pm2)
     running_mean, running_var = _running_stats(bn_param, C, a.dtype)
     train = mode == "train"
-    if train:  # Chan et al.: per-image (mean, M2) pairs combined in a fixed order
-        mean64 = pmean.mean(axis=0)
-        var64 = (pm2.sum(axis=0) + (a.size // (N * C)) * ((pmean - mean64) ** 2).sum(axis=0)) / M
-        mean, var = mean64.astype(a.dtype), var64.astype(a.dtype)
-    else:
-        mean = np.ascontiguousarray(running_mean, dtype=a.dtype)
-        var = np.ascontiguousarray(running_var, dtype=a.dtype)
-    # normalise with the statistics as stored in the dtype (as SpatialBatchNorm does); std
-    # stays float64 so backward's ReLU mask and xhat see forward's values
-    mean_f = mean.astype(np.float64)
-    std = np.sqrt(var.astype(np.float64) + eps)
+    # std stays float64 so backward's ReLU mask and xhat see forward's values
+    mean_f, std, new_mean, new_var = _batch_stats(pmean, pm2, a.size // (N * C), eps, a.dtype.type(momentum),
+                                                  a.dtype.type(1 - momentum), train,
+                                                  np.ascontiguousarray(running_mean), np.ascontiguousarray(running_var))
     gamma, beta = np.ascontiguousarray(gamma), np.ascontiguousarray(beta)
     with kernel_threads(a.size):
         _bn_relu_pool(_flat(a), cg.W_out, mean_f, std, gamma, beta, pool, ph, pw, stride, out.shape[3], _flat(out),
                       _flat(arg), _flat(hm), min(N * C, 4 * numba.get_num_threads()))
-    if train:  # the same update as SpatialBatchNorm's
-        bn_param["running_mean"] = (momentum * running_mean + (1 - momentum) * mean).astype(a.dtype)
-        bn_param["running_var"] = (momentum * running_var + (1 - momentum) * var).astype(a.dtype)
+    if train:
+        bn_param["running_mean"], bn_param["running_var"] = new_mean, new_var
     return out, (x, w2, tuple(w.shape), cg, a, train, pool, out, arg, hm, mean_f, std, gamma, U)
 
 
@@ -494,13 +521,13 @@ def _backward(dout, cache, layer, need_dx):
             _rows_bn_backward(x, U, cg.pad, cg.H_out, cg.W_out,
                               winograd_rows.block_images(cg.H_out, cg.W_out, x.shape[0]), _flat(a), mean, std, gamma,
                               train, ga, gb, _flat(dout), _flat(out), _flat(arg), pool, need_dx, dx, dU_part, db_part)
-            dw = winograd_rows.weights_grad(dU_part.sum(axis=0), cg.C).astype(x.dtype)
+            dw = winograd_rows.weights_grad(dU_part, cg.C)
         elif U is not None:
             dU_part = np.empty((T,) + U.shape, dtype=x.dtype)
             B = winograd.block_images(cg.H_out, cg.W_out, x.shape[0], winograd.size_of(U.shape[0]))
             _wino_bn_backward(x, U, cg.pad, B, _flat(a), mean, std, gamma, train, ga, gb, _flat(dout), _flat(out),
                               _flat(arg), pool, need_dx, dx, dU_part, db_part)
-            dw = winograd.weights_grad(dU_part.sum(axis=0)).astype(x.dtype)
+            dw = winograd.weights_grad(dU_part)
         else:
             dw_part = np.empty((T,) + w2.shape, dtype=x.dtype)
             _bn_conv_backward(x, w2, cg.HH, cg.WW, cg.stride, cg.pad, (cg.H_out, cg.W_out), _flat(a), mean, std,
