@@ -9,6 +9,9 @@ file has a test split, images/s, epochs. Only training steps count toward the bu
 augmentation, forward, backward, update), as the Solver's time_limit does; accuracy checks do not.
 --against-torch trains the same architecture and recipe (same init scheme, augmentation function, minibatch
 stream, schedule, loss, optimizer) in PyTorch CPU for the same budget on the same split, in the same run.
+The two take turns and swap who goes first every other seed (ours, torch; torch, ours; ...), so a machine
+whose speed drifts during the run (a shared one's does, by 10-20% over minutes) favours neither side;
+the last line gives the mean of the per-seed images/s ratios.
 """
 from __future__ import annotations
 
@@ -89,10 +92,14 @@ def main(argv=None):
           f"{0 if ds.X_test is None else ds.X_test.shape[0]} test; budget {a.budget:g} s; threads {a.threads}; "
           f"load average {os.getloadavg()[0]:.2f}", flush=True)
     rows = []
-    for seed in a.seeds:
-        row = {"seed": seed, "ours": run_ours(data, ds.X_test, ds.y_test, a.budget, seed, a.recipe)}
-        if a.against_torch:
-            row["torch"] = run_torch(data, ds.X_test, ds.y_test, a.budget, seed, a.recipe, a.threads)
+    for i, seed in enumerate(a.seeds):
+        row = {"seed": seed}
+        order = ("ours", "torch") if i % 2 == 0 else ("torch", "ours")
+        for who in order if a.against_torch else ("ours",):
+            if who == "ours":
+                row["ours"] = run_ours(data, ds.X_test, ds.y_test, a.budget, seed, a.recipe)
+            else:
+                row["torch"] = run_torch(data, ds.X_test, ds.y_test, a.budget, seed, a.recipe, a.threads)
         row["load_avg"] = os.getloadavg()[0]
         rows.append(row)
         for who in ("ours", "torch"):
@@ -108,6 +115,10 @@ def main(argv=None):
         v = [r[who]["val_acc"] for r in rows if who in r]
         if v:
             print(f"{who}: val acc mean {np.mean(v):.4f} min {min(v):.4f} max {max(v):.4f} over {len(v)} seeds")
+    ratios = [r["ours"]["images_per_s"] / r["torch"]["images_per_s"] for r in rows if "torch" in r]
+    if ratios:
+        print(f"images/s ours/torch: mean {np.mean(ratios):.2f} min {min(ratios):.2f} max {max(ratios):.2f} "
+              f"over {len(ratios)} seeds")
     if a.json:
         with open(a.json, "w") as f:
             json.dump({"args": vars(a), "rows": rows}, f, indent=1)
