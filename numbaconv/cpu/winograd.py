@@ -121,10 +121,21 @@ def _transform_weights(w, Gm, U):
                     u[c] = t0[c] * h0 + t1[c] * h1 + t2[c] * h2
 
 
+@njit(cache=True, inline="always")   # called per (position, filter): a call each was 1.3-1.6x slower
+def chunk_total(dU_part, i, f, acc):
+    """acc (C,) = dU_part[0, i, f] + dU_part[1, i, f] + ..., added in chunk order in the parts' dtype
+    (the order a sum over the chunk axis takes, so one chunk or many give the same bits as before)."""
+    acc[:] = dU_part[0, i, f]
+    for p in range(1, dU_part.shape[0]):
+        part = dU_part[p, i, f]
+        for c in range(acc.size):
+            acc[c] += part[c]
+
+
 @njit(parallel=True, cache=True)
 def _weights_grad(dU_part, Gm, dw):
     # dw[f, c] = G^T dU[:, f, c] (as n x n) G in float64, dU = the sum of the parts in chunk order
-    T, F, C = dU_part.shape[0], dU_part.shape[2], dU_part.shape[3]
+    F, C = dU_part.shape[2], dU_part.shape[3]
     n = Gm.shape[0]
     for f in prange(F):
         acc = np.empty(C, dtype=dU_part.dtype)
@@ -132,11 +143,7 @@ def _weights_grad(dU_part, Gm, dw):
         t = np.empty((n, 3, C))
         k = np.empty((3, 3, C))
         for i in range(n * n):
-            acc[:] = dU_part[0, i, f]
-            for p in range(1, T):
-                part = dU_part[p, i, f]
-                for c in range(C):
-                    acc[c] += part[c]
+            chunk_total(dU_part, i, f, acc)
             d = dU[i]
             for c in range(C):
                 d[c] = np.float64(acc[c])

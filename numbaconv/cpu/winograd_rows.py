@@ -31,7 +31,7 @@ from numba import njit, prange
 
 from ._gemm import gemm
 from ._reduce import row_total
-from .winograd import G4
+from .winograd import G4, chunk_total
 
 TILE = 4          # outputs per tile
 TAPS = 6          # inputs per tile (TILE + 3 - 1)
@@ -95,17 +95,13 @@ def _transform_weights(w, Gm, U):
 @njit(cache=True)
 def _weights_grad(dU_part, Gm, dw):
     # dw[f, k, l] = sum_xi Gm[xi, l] dU[xi, f, k] in float64, dU = the parts added in chunk order
-    T, F, K = dU_part.shape[0], dU_part.shape[2], dU_part.shape[3]
+    F, K = dU_part.shape[2], dU_part.shape[3]
     acc = np.empty(K, dtype=dU_part.dtype)
     s = np.empty((3, K))
     for f in range(F):
         s[:] = 0.0
         for xi in range(TAPS):
-            acc[:] = dU_part[0, xi, f]
-            for p in range(1, T):
-                part = dU_part[p, xi, f]
-                for k in range(K):
-                    acc[k] += part[k]
+            chunk_total(dU_part, xi, f, acc)
             for l in range(3):
                 g, sl = Gm[xi, l], s[l]
                 for k in range(K):
