@@ -90,7 +90,7 @@ def machine_info(busy: int = 0) -> dict:
     the competing busy processes running beside the measurement (``busy_processes``)."""
     import numba
 
-    from .cpu import _threads   # importing the cpu backend applies any thread candidates first
+    from .cpu import _memory, _threads   # importing the cpu backend applies thread and malloc settings first
 
     cpu = platform.processor() or platform.machine()
     try:
@@ -116,6 +116,9 @@ def machine_info(busy: int = 0) -> dict:
         # numbaconv.cpu._threads candidates chosen for this measurement (none: numba's defaults)
         "thread_candidates": _threads.applied()["candidates"],
         "thread_notes": _threads.applied()["notes"],
+        # numbaconv.cpu._memory: glibc malloc thresholds set (name -> bytes; empty: malloc's own)
+        "malloc_settings": _memory.applied()["settings"],
+        "malloc_note": _memory.applied()["note"],
     }
     torch = _torch()
     if torch is not None:

@@ -57,6 +57,10 @@ def _header(device: str, dtype: str, info: dict, title: str, torch_layout: str |
     if info.get("thread_candidates"):
         extra += f", thread candidates {'+'.join(info['thread_candidates'])}"
     extra += "".join(f" ({note})" for note in info.get("thread_notes") or ())
+    if info.get("malloc_settings"):   # numbaconv.cpu._memory: freed buffers kept between steps
+        extra += ", malloc keeps freed memory"
+    if info.get("malloc_note"):
+        extra += f" ({info['malloc_note']})"
     return (f"{title} — {device} {dtype} | {info['cpu']}, {info['cores']} cores, numba {info['numba']} "
             f"({info['numba_threads']} threads, {info['threading_layer']}), numpy {info['numpy']}, "
             f"BLAS {info['blas']}, torch {info.get('torch', 'not installed')}, load {info.get('loadavg_1min')}"

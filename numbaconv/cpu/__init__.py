@@ -10,9 +10,11 @@ and linear are limited to the same count for the duration of each call.
 the sandwiches in ``numbaconv.layers`` (same signatures and results); models
 use a backend's fused layer when it has one.
 """
+from . import _memory
 from ._threads import configure_from_environment
 
 configure_from_environment()   # before any kernel starts numba's threads: how idle threads wait (_threads.DEFAULT)
+_memory.configure()            # freed buffers kept for the next step instead of faulted in afresh (_memory.SETTINGS)
 
 from .batchnorm import BatchNorm, SpatialBatchNorm
 from .conv import Conv
