@@ -20,7 +20,6 @@ import argparse
 import json
 import os
 import sys
-import time
 
 import numpy as np
 
@@ -56,16 +55,11 @@ def curve_torch(data: dict, recipe: str, budget: float, seed: int, every: float,
     from numbaconv.torch_recipe import TorchRecipe
 
     rec = TorchRecipe(recipe, data, seed=seed, threads=threads, budget=budget)
-    ipe = max(rec.X.shape[0] // rec.batch_size, 1)
     rec.warmup()
-    out, train_time, last = [], 0.0, 0.0
+    out = []
     for t in points(budget, every):
-        while train_time + last <= t:
-            start = time.perf_counter()
-            rec.step(train_time / budget)
-            last = time.perf_counter() - start
-            train_time += last
-        out.append({"time": train_time, "epoch": rec.steps / ipe, "iteration": rec.steps,
+        rec.train_until(t)
+        out.append({"time": rec.train_time, "epoch": rec.steps / rec.iterations_per_epoch, "iteration": rec.steps,
                     "val_acc": rec.accuracy(data["X_val"], data["y_val"])})
     return out
 

@@ -9,9 +9,11 @@ file has a test split, images/s, epochs. Only training steps count toward the bu
 augmentation, forward, backward, update), as the Solver's time_limit does; accuracy checks do not.
 --against-torch trains the same architecture and recipe (same init scheme, augmentation function, minibatch
 stream, schedule, loss, optimizer) in PyTorch CPU for the same budget on the same split, in the same run.
-The two take turns and swap who goes first every other seed (ours, torch; torch, ours; ...), so a machine
-whose speed drifts during the run (a shared one's does, by 10-20% over minutes) favours neither side;
-the last line gives the mean of the per-seed images/s ratios.
+The two train side by side in turns of --slice seconds of training steps (ours 0-5 s, torch 0-5 s, ours
+5-10 s, ...; who starts swaps every other seed), so a machine whose speed drifts during the run (a shared
+one's does, by 10-20% over minutes) favours neither side; each side's accuracy is checked at its epoch ends
+and at the end of each turn (the Solver checks where it stops). The last line gives the mean of the
+per-seed images/s ratios.
 """
 from __future__ import annotations
 
@@ -19,53 +21,83 @@ import argparse
 import json
 import os
 import sys
-import time
 
 import numpy as np
 
-
-def run_ours(data, X_test, y_test, budget, seed, recipe):
-    from numbaconv.recipe import recipe_solver
-    from numbaconv.solver import evaluate_accuracy
-
-    model, solver = recipe_solver(recipe, data, budget, seed=seed, verbose=False, num_train_samples=1000)
-    solver.warmup()
-    solver.train(time_limit=budget)   # best val weights swapped in afterwards
-    imgs = solver.iteration * solver.batch_size
-    res = {"val_acc": solver.best_val_acc, "images_per_s": imgs / solver.train_time,
-           "epochs": solver.iteration / solver.iterations_per_epoch, "train_time": solver.train_time,
-           "steps": solver.iteration}
-    if X_test is not None:
-        res["test_acc"] = evaluate_accuracy(model, X_test, y_test)[0]
-    return res
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from time_to_accuracy import points  # noqa: E402  (a sibling script: the turns are its check points)
 
 
-def run_torch(data, X_test, y_test, budget, seed, recipe, threads):
-    from numbaconv.torch_recipe import TorchRecipe
+class OursRun:
+    """numbaconv's run of the recipe: ``advance(t)`` trains until t seconds of training steps (the
+    Solver checks accuracy at each epoch end and where it stops); ``result()`` once the budget is spent."""
 
-    rec = TorchRecipe(recipe, data, seed=seed, threads=threads, budget=budget)
-    ipe = max(rec.X.shape[0] // rec.batch_size, 1)
-    train_time, last, steps, best, best_state = 0.0, 0.0, 0, -1.0, None
-    rec.warmup()
-    while train_time + last <= budget:
-        start = time.perf_counter()
-        rec.step(train_time / budget)
-        last = time.perf_counter() - start
-        train_time += last
-        steps += 1
-        if steps % ipe == 0:
-            acc = rec.accuracy(data["X_val"], data["y_val"])
-            if acc > best:
-                best, best_state = acc, rec.state()
-    acc = rec.accuracy(data["X_val"], data["y_val"])
-    if acc > best:
-        best, best_state = acc, rec.state()
-    rec.net.load_state_dict(best_state)
-    res = {"val_acc": best, "images_per_s": steps * rec.batch_size / train_time, "epochs": steps / ipe,
-           "train_time": train_time, "steps": steps}
-    if X_test is not None:
-        res["test_acc"] = rec.accuracy(X_test, y_test)
-    return res
+    def __init__(self, data, budget, seed, recipe):
+        from numbaconv.recipe import recipe_solver
+
+        self.budget = budget
+        self.model, self.solver = recipe_solver(recipe, data, budget, seed=seed, verbose=False, num_train_samples=1000)
+        self.solver.warmup()
+
+    def advance(self, seconds: float) -> None:
+        if self.solver.stop_reason != "done":
+            self.solver.train(time_limit=seconds)   # best val weights swapped in afterwards
+
+    def result(self, X_test, y_test) -> dict:
+        from numbaconv.solver import evaluate_accuracy
+
+        s = self.solver
+        res = {"val_acc": s.best_val_acc, "images_per_s": s.iteration * s.batch_size / s.train_time,
+               "epochs": s.iteration / s.iterations_per_epoch, "train_time": s.train_time, "steps": s.iteration}
+        if X_test is not None:
+            res["test_acc"] = evaluate_accuracy(self.model, X_test, y_test)[0]
+        return res
+
+
+class TorchRun:
+    """The same recipe in PyTorch CPU (numbaconv.torch_recipe), checked as the Solver checks: at each
+    epoch end and where ``advance`` stops; the best validation state is kept."""
+
+    def __init__(self, data, budget, seed, recipe, threads):
+        from numbaconv.torch_recipe import TorchRecipe
+
+        self.data, self.best, self.best_state, self.checked_at = data, -1.0, None, None
+        self.rec = TorchRecipe(recipe, data, seed=seed, threads=threads, budget=budget)
+        self.rec.warmup()
+
+    def _check(self, rec) -> None:
+        acc = rec.accuracy(self.data["X_val"], self.data["y_val"])
+        if acc > self.best:
+            self.best, self.best_state = acc, rec.state()
+        self.checked_at = rec.steps
+
+    def advance(self, seconds: float) -> None:
+        self.rec.train_until(seconds, on_epoch_end=self._check)
+        if self.checked_at != self.rec.steps:
+            self._check(self.rec)
+
+    def result(self, X_test, y_test) -> dict:
+        rec = self.rec
+        rec.net.load_state_dict(self.best_state)
+        res = {"val_acc": self.best, "images_per_s": rec.steps * rec.batch_size / rec.train_time,
+               "epochs": rec.steps / rec.iterations_per_epoch, "train_time": rec.train_time, "steps": rec.steps}
+        if X_test is not None:
+            res["test_acc"] = rec.accuracy(X_test, y_test)
+        return res
+
+
+def run_seed(data, X_test, y_test, a, seed: int, torch_first: bool) -> dict:
+    """One seed: ours alone for the whole budget, or (--against-torch) ours and PyTorch in turns of
+    --slice seconds of training steps each until both have spent the budget, ``torch_first`` saying
+    who starts."""
+    runs = {"ours": OursRun(data, a.budget, seed, a.recipe)}
+    if a.against_torch:
+        runs["torch"] = TorchRun(data, a.budget, seed, a.recipe, a.threads)
+    order = ["torch", "ours"] if torch_first and "torch" in runs else list(runs)
+    for t in points(a.budget, a.slice if a.against_torch else a.budget):
+        for who in order:
+            runs[who].advance(t)
+    return {who: runs[who].result(X_test, y_test) for who in runs}
 
 
 def main(argv=None):
@@ -76,8 +108,12 @@ def main(argv=None):
     ap.add_argument("--recipe", default="fast")
     ap.add_argument("--threads", type=int, default=2, help="Numba and PyTorch threads")
     ap.add_argument("--against-torch", action="store_true")
+    ap.add_argument("--slice", type=float, default=5.0,
+                    help="with --against-torch: seconds of training steps each side takes per turn")
     ap.add_argument("--json", help="write the results here")
     a = ap.parse_args(argv)
+    if not a.slice > 0:
+        ap.error(f"--slice must be seconds > 0, got {a.slice!r}")
 
     import numba
 
@@ -93,13 +129,7 @@ def main(argv=None):
           f"load average {os.getloadavg()[0]:.2f}", flush=True)
     rows = []
     for i, seed in enumerate(a.seeds):
-        row = {"seed": seed}
-        order = ("ours", "torch") if i % 2 == 0 else ("torch", "ours")
-        for who in order if a.against_torch else ("ours",):
-            if who == "ours":
-                row["ours"] = run_ours(data, ds.X_test, ds.y_test, a.budget, seed, a.recipe)
-            else:
-                row["torch"] = run_torch(data, ds.X_test, ds.y_test, a.budget, seed, a.recipe, a.threads)
+        row = {"seed": seed, **run_seed(data, ds.X_test, ds.y_test, a, seed, torch_first=i % 2 == 1)}
         row["load_avg"] = os.getloadavg()[0]
         rows.append(row)
         for who in ("ours", "torch"):

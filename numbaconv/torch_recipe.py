@@ -13,6 +13,8 @@ test-time views (``numbaconv.models.shift_images``).
 """
 from __future__ import annotations
 
+import time
+
 import numpy as np
 
 
@@ -93,6 +95,8 @@ class TorchRecipe:
         self.lookahead_every, self.lookahead_decay = r.get("lookahead_every"), r.get("lookahead_decay", 0.95)
         self.slow = None   # lookahead's averages, by parameter
         self.steps = 0
+        self.budget = budget
+        self.train_time, self.last_step_time = 0.0, 0.0   # seconds of training steps, as the Solver's
         self.rng = np.random.default_rng(seed)
         self.X, self.y = data["X_train"], data["y_train"]
         self.batch_size = r["batch_size"]
@@ -115,7 +119,7 @@ class TorchRecipe:
         idx = self.rng.choice(self.X.shape[0], self.batch_size)
         if getattr(self.augment, "per_image", False):
             xb, yb = self.augment(self.X[idx], self.y[idx], self.rng, index=idx,
-                                  epoch=self.steps // max(self.X.shape[0] // self.batch_size, 1), seed=self.augment_seed)
+                                  epoch=self.steps // self.iterations_per_epoch, seed=self.augment_seed)
         else:
             xb, yb = self.augment(self.X[idx], self.y[idx], self.rng)
         loss = self.lossf(self.net(self._input(xb)) * self.scale, torch.from_numpy(yb))
@@ -135,6 +139,22 @@ class TorchRecipe:
                         p.copy_(s)
         self.steps += 1
         return float(loss.detach())   # the value only: no autograd warning
+
+    @property
+    def iterations_per_epoch(self) -> int:
+        return max(self.X.shape[0] // self.batch_size, 1)
+
+    def train_until(self, seconds: float, on_epoch_end=None) -> None:
+        """Training steps while the clock of training steps plus the last step's duration stays within
+        ``seconds`` (the Solver's time-limit rule), at the schedule's ``train_time / budget``;
+        ``on_epoch_end(self)`` after each epoch's last step (not counted as training time)."""
+        while self.train_time + self.last_step_time <= seconds:
+            start = time.perf_counter()
+            self.step(None if self.budget is None else self.train_time / self.budget)
+            self.last_step_time = time.perf_counter() - start
+            self.train_time += self.last_step_time
+            if on_epoch_end is not None and self.steps % self.iterations_per_epoch == 0:
+                on_epoch_end(self)
 
     def accuracy(self, X, y, batch: int = 500) -> float:
         """Accuracy with BN running statistics (and the mirror averaged in, if the recipe says so)."""
