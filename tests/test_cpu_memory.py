@@ -86,3 +86,46 @@ def test_machine_info_reports_the_settings():
     info = machine_info()
     assert info["malloc_settings"] == _memory.applied()["settings"]
     assert info["malloc_note"] == _memory.applied()["note"]
+
+
+def test_step_memory_benchmark_takes_turns_and_reports_the_ratio(monkeypatch, capsys):
+    from conftest import load_benchmark
+
+    sm = load_benchmark("step_memory")
+    calls = []
+
+    def fake_child(a, setting):
+        calls.append(setting)
+        ms = {"keep": 20.0, "none": 25.0}[setting]
+        return {"ms": ms, "faults": 0.0 if setting == "keep" else 3400.0, "sys_ms": 0.1, "max_rss_mb": 900.0,
+                "load_avg": 1.0}
+
+    monkeypatch.setattr(sm, "run_child", fake_child)
+    assert sm.main(["--dataset", "synthetic", "--rounds", "2", "--steps", "3"]) == 0
+    assert calls == ["keep", "none", "keep", "none"]
+    assert capsys.readouterr().out.strip().splitlines()[-1] == "time keep/none per round: 0.80, 0.80"
+
+
+def test_step_memory_measure_counts_steps_in_this_process():
+    """The child's measurement, for real, on a few synthetic images: figures per step, and the settings
+    this test process made at import."""
+    import numpy as np
+    from conftest import load_benchmark
+
+    from numbaconv.cpu import _memory
+
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((300, 3, 32, 32)).astype(np.float32)
+    y = rng.integers(0, 10, 300)
+    data = {"X_train": X[:256], "y_train": y[:256], "X_val": X[256:], "y_val": y[256:]}
+    out = load_benchmark("step_memory").measure(data, "fast", steps=2, warm=1)
+    assert out["ms"] > 0 and out["faults"] >= 0 and out["sys_ms"] >= 0 and out["max_rss_mb"] > 0
+    assert out["malloc"] == _memory.applied()
+
+
+def test_step_memory_rejects_bad_counts(capsys):
+    from conftest import load_benchmark
+
+    with pytest.raises(SystemExit):
+        load_benchmark("step_memory").main(["--steps", "0"])
+    assert "--steps must be >= 1, got 0" in capsys.readouterr().err
