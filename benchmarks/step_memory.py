@@ -64,7 +64,8 @@ def run_child(a, setting: str) -> dict:
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--dataset", default=os.path.join(os.environ.get("NUMBACONV_DATA", "datasets"), "cifar10.h5"))
+    ap.add_argument("--dataset", default="cifar10", help="cifar10 (the data home's, from `numbaconv datasets cifar10`), "
+                    "synthetic, or an HDF5 file")
     ap.add_argument("--recipe", default="fast")
     ap.add_argument("--steps", type=int, default=150, help="timed steps per process")
     ap.add_argument("--warm", type=int, default=20, help="untimed steps first (kernels loaded, buffers allocated)")
@@ -86,7 +87,11 @@ def main(argv=None):
     figures = {s: [] for s in SETTINGS}
     for _ in range(a.rounds):
         for s in SETTINGS:
-            f = run_child(a, s)
+            try:
+                f = run_child(a, s)
+            except RuntimeError as e:   # e.g. no CIFAR file yet: the child's one line says so
+                print(f"error: {e}", file=sys.stderr)
+                return 1
             figures[s].append(f)
             print(f"{s:5s}: {f['ms']:7.2f} ms/step  {f['faults']:7.0f} faults/step  {f['sys_ms']:6.2f} ms system/step  "
                   f"peak RSS {f['max_rss_mb']:.0f} MB  load {f['load_avg']:.2f}", flush=True)

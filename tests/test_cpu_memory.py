@@ -129,3 +129,12 @@ def test_step_memory_rejects_bad_counts(capsys):
     with pytest.raises(SystemExit):
         load_benchmark("step_memory").main(["--steps", "0"])
     assert "--steps must be >= 1, got 0" in capsys.readouterr().err
+
+
+def test_step_memory_child_failure_is_one_error_line(tmp_path, capsys):
+    from conftest import load_benchmark
+
+    missing = str(tmp_path / "missing.h5")
+    assert load_benchmark("step_memory").main(["--dataset", missing, "--rounds", "1", "--steps", "1"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: the keep process failed:") and "missing.h5" in err[0]
