@@ -29,7 +29,7 @@ def test_recipe_fast_trains_and_resumes(tmp_path):
     assert (f"training fast net of recipe fast (widths {widths}, float32) with sgd_nesterov, scheduled lr "
             f"(peak {fast['peak_lr']:g}), batch {fast['batch_size']}") in " ".join(r.output.split())
     config = json.loads((out / "config.json").read_text())
-    assert config["model"]["kind"] == "fast" and config["model"]["smoothing"] == 0.2
+    assert config["model"]["kind"] == "fast" and config["model"]["smoothing"] == fast["model"]["smoothing"]
     assert config["run"]["recipe"] == "fast" and config["solver"]["update_rule"] == "sgd_nesterov"
     assert config["solver"]["batch_size"] == fast["batch_size"] > 40
     history = json.loads((out / "history.json").read_text())
