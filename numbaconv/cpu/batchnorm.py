@@ -54,9 +54,11 @@ FLAT_BLOCK_BYTES = 1 << 20
 # four threads get equal shares (unequal blocks left one of two threads idle a third of the time)
 FLAT_MIN_BLOCKS = 4
 # Rows (H*W) shorter than this take the flat kernels below: streaming rows of a few elements
-# costs a call and a short loop each (plain batch norm, P = 1: measured 4-6x slower); from 8x8
-# maps on, the streaming kernels were measured 1.3-1.6x faster than the flat ones
-MIN_ROW = 64
+# costs a call and a short loop each (plain batch norm, P = 1: measured 4-6x slower). 8x8 maps
+# (P = 64) too: fwd+bwd float32, 2 threads, turns, the flat kernels took 0.71-0.73x the streaming
+# ones' time on (256,256,8,8), (128,96,8,8), (128,48,8,8) (2026-12-01); on 16x16 maps they were
+# level (0.95-1.11x) and on 32x32 slower (1.2x), so rows of 128 and more stream
+MIN_ROW = 128
 # Short rows take the flat kernels from this many elements of x on; below it, the per-channel
 # kernels (one thread: kernel_threads runs such small work serially anyway)
 FLAT_MIN_WORK = SMALL_WORK
