@@ -35,7 +35,6 @@ class OursRun:
     def __init__(self, data, budget, seed, recipe):
         from numbaconv.recipe import recipe_solver
 
-        self.budget = budget
         self.model, self.solver = recipe_solver(recipe, data, budget, seed=seed, verbose=False, num_train_samples=1000)
         self.solver.warmup()
 

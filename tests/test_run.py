@@ -146,10 +146,12 @@ def test_cli_choices_and_recipe_help_come_from_the_registries():
     assert [o.value for o in Optimizer] == list(UPDATE_RULES) and "sgd_nesterov" in UPDATE_RULES
     assert [r.value for r in Recipe] == list(RECIPES)
     assert all(describe_recipe(name) in RECIPE_HELP for name in RECIPES)
-    # the fast recipe mirrors images and does not shift them in training (its table entry has no
-    # padding); it does at test time (tta_shift)
-    text = describe_recipe("fast")
-    assert "augmentation: random flips, test-time: mirror and 1-pixel shifts;" in text
+    # training shifts are named from the entry's padding (the fast recipe's 1 pixel; none without
+    # padding), test-time shifts from tta_shift
+    fast = RECIPES["fast"]
+    assert fast["pad"] == 1 and fast["model"]["tta_shift"] == 1
+    assert "augmentation: random flips and 1-pixel shifts, test-time: mirror and 1-pixel shifts;" in describe_recipe("fast")
+    assert "augmentation: random flips, test-time: mirror and 1-pixel shifts;" in describe_recipe({**fast, "pad": 0})
 
 
 def test_resume_keeps_the_checkpoints_backend_unless_one_is_given(tmp_path):
