@@ -30,8 +30,7 @@ def every_layer(monkeypatch, request):
     """Every 3x3 stride-1 layer takes Winograd with tiles of the parameter's size; the size is returned."""
     monkeypatch.setattr(winograd, "MIN_CHANNELS", 1)
     monkeypatch.setattr(winograd, "BLOCK_TILES", 8)   # several blocks per chunk on these small maps
-    monkeypatch.setattr(winograd, "F4_MIN_CHANNELS", 1)
-    monkeypatch.setattr(winograd, "F4_MAPS", (1, 10**6) if request.param == 4 else (1, 0))
+    monkeypatch.setattr(winograd, "F4_RULES", ((1, 1, 10**6),) if request.param == 4 else ())
     return request.param
 
 
@@ -87,11 +86,27 @@ def test_enough_channels_take_the_path_by_default():
     assert winograd.tile_size(3, 3, 3, 1, 8, 8) == 0   # the RGB input layer: im2col's K=27 against Winograd's 3
 
 
-@pytest.mark.parametrize("C, H, W, m", [(64, 16, 16, 4), (128, 31, 16, 4), (32, 16, 16, 2), (128, 8, 8, 2),
-                                        (64, 32, 32, 2), (64, 16, 8, 2)])
-def test_f4_only_where_it_was_measured_faster(C, H, W, m):
-    # F(4x4) on maps 16-31 wide with >= 64 input channels (winograd.F4_MAPS's comment has the ratios)
+@pytest.mark.parametrize("kind, C, H, W, m", [
+    ("avx2", 64, 16, 16, 4), ("avx2", 128, 31, 16, 4), ("avx2", 32, 16, 16, 2), ("avx2", 128, 8, 8, 2),
+    ("avx2", 64, 32, 32, 2), ("avx2", 64, 16, 8, 2),
+    ("avx512", 24, 31, 31, 4), ("avx512", 32, 16, 16, 4), ("avx512", 64, 32, 32, 4), ("avx512", 64, 8, 8, 4),
+    ("avx512", 128, 15, 15, 4), ("avx512", 16, 16, 16, 2), ("avx512", 48, 8, 8, 2), ("avx512", 128, 7, 7, 2),
+    ("avx512", 256, 4, 4, 2), ("avx512", 64, 33, 33, 2), ("avx512", 64, 16, 4, 2)])
+def test_f4_only_where_it_was_measured_faster(monkeypatch, kind, C, H, W, m):
+    # each kind of CPU's rows of winograd.F4_WHERE (its comment has the ratios)
+    monkeypatch.setattr(winograd, "F4_RULES", winograd.F4_WHERE[kind])
     assert winograd.tile_size(C, 3, 3, 1, H, W) == m
+
+
+def test_this_machine_takes_its_own_rows():
+    # the kernel's own list of CPU flags, a source independent of llvmlite's
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next(line for line in f if line.startswith("flags")).split()
+    except (OSError, StopIteration):
+        pytest.skip("no /proc/cpuinfo flags here")
+    kind = "avx512" if "avx512f" in flags else "avx2"
+    assert winograd.vector_kind() == kind and winograd.F4_RULES == winograd.F4_WHERE[kind]
 
 
 @pytest.mark.parametrize("m", [2, 4])

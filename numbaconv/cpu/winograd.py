@@ -45,16 +45,35 @@ AT4 = np.array([[1, 1, 1, 1, 1, 0], [0, 1, -1, 0.5, -2, 0], [0, 1, 1, 0.25, 4, 0
 MIN_CHANNELS = 16
 # Tile columns per GEMM: images are grouped into blocks of at least this many tiles
 BLOCK_TILES = 128
-# F(4x4) where it was measured faster than F(2x2): maps 16 to 31 wide with at least 64 input channels.
-# Its GEMMs take ~0.6x F(2x2)'s time but its transforms 1-1.7x, so it wins only where the GEMMs
-# dominate and the maps fill its tiles. Float32, 2 threads, F(4x4) time / F(2x2) time, forward and
-# backward, median of 4 alternations in one process: 64->64 @ 16x16 N=256 0.80 / 0.80, 64->128 @ 16x16
-# 0.86 / 0.81; but 128->128 @ 8x8 1.02 / 1.07, 128->128 @ 4x4 1.32 / 1.22, 24->64 @ 32x32 1.19 / 1.27,
-# 24->48 @ 8x8 N=128 0.91 / 0.94, 48->96 @ 4x4 0.93 / 1.22. At N=512 on a busy machine (load 3.5 on 2
-# cores, so +-15%): 64->64 0.84 / 0.79, 64->128 0.93 / 0.76; fused conv-BN-ReLU-pool 64->128 0.94 / 0.78,
-# conv-BN-ReLU 64->64 0.85-1.01 / 0.89-1.01. To be re-measured on a quiet machine
-F4_MIN_CHANNELS = 64
-F4_MAPS = (16, 31)
+# F(4x4) where it was measured faster than F(2x2), per kind of CPU: rows (min input channels, smallest
+# map side, largest map side), F(4x4) when a layer fits one row. Its GEMMs take ~0.6x F(2x2)'s time but
+# its transforms 1-1.7x, so it wins only where the GEMMs dominate and the maps fill its tiles; where that
+# is depends on how fast the CPU's GEMMs are against its transforms, so each kind has its own rows.
+# Ratios are F(4x4) time / F(2x2) time, float32, 2 threads, forward / backward, in one process.
+F4_WHERE = {
+    # AVX-512 (OpenBLAS's SkylakeX kernels; a 2-core Intel Xeon with AVX-512, 2026-12-01, quiet,
+    # median of 5 alternations, N=128 unless said): 24->64 @ 31x31 0.88 / 0.84, 64->64 @ 31x31 0.92 /
+    # 0.78, 64->128 @ 32x32 N=256 0.91 / 0.79, 24->48 @ 16x16 1.10 / 0.87, 32->64 @ 16x16 1.04 / 0.86,
+    # 64->128 @ 15x15 0.98 / 0.80, 128->128 @ 15x15 0.92 / 0.81, 64->128 @ 8x8 1.10 / 0.90, 128->256
+    # @ 8x8 N=256 0.86 / 0.85; but 48->96 @ 8x8 1.21 / 0.98, 128->128 @ 7x7 1.06 / 1.01, 128->128 @
+    # 3x3 1.60 / 1.56, 256->256 @ 4x4 N=256 1.27 / 1.36.
+    "avx512": ((24, 16, 32), (64, 8, 15)),
+    # Without it (AVX2; a 2-core AMD EPYC, 2026-12-01, median of 4 alternations): 64->64 @ 16x16 N=256
+    # 0.80 / 0.80, 64->128 @ 16x16 0.86 / 0.81; but 128->128 @ 8x8 1.02 / 1.07, 128->128 @ 4x4 1.32 /
+    # 1.22, 24->64 @ 32x32 1.19 / 1.27, 24->48 @ 8x8 N=128 0.91 / 0.94, 48->96 @ 4x4 0.93 / 1.22.
+    "avx2": ((64, 16, 31),),
+}
+
+
+def vector_kind() -> str:
+    """Which F4_WHERE rows this machine takes: "avx512" where the CPU has AVX-512 (OpenBLAS then runs
+    its AVX-512 GEMMs), else "avx2"."""
+    import llvmlite.binding as ll
+
+    return "avx512" if ll.get_host_cpu_features().get("avx512f") else "avx2"
+
+
+F4_RULES = F4_WHERE[vector_kind()]
 
 
 def tile_size(C, HH, WW, stride, H_out, W_out):
@@ -62,8 +81,8 @@ def tile_size(C, HH, WW, stride, H_out, W_out):
     or 0 where im2col computes it (not 3x3 stride 1, or too few input channels)."""
     if not (HH == 3 and WW == 3 and stride == 1 and C >= MIN_CHANNELS):
         return 0
-    lo, hi = F4_MAPS
-    return 4 if C >= F4_MIN_CHANNELS and lo <= H_out <= hi and lo <= W_out <= hi else 2
+    f4 = any(C >= c and lo <= H_out <= hi and lo <= W_out <= hi for c, lo, hi in F4_RULES)
+    return 4 if f4 else 2
 
 
 def tiles(H_out, W_out, m):
