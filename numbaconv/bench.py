@@ -90,7 +90,7 @@ def machine_info(busy: int = 0) -> dict:
     the competing busy processes running beside the measurement (``busy_processes``)."""
     import numba
 
-    from .cpu import _memory, _threads   # importing the cpu backend applies thread and malloc settings first
+    from .cpu import _memory, _threads, winograd   # importing the cpu backend applies thread and malloc settings first
 
     cpu = platform.processor() or platform.machine()
     try:
@@ -101,6 +101,7 @@ def machine_info(busy: int = 0) -> dict:
                     break
     except OSError:
         pass
+    threads, memory = _threads.applied(), _memory.applied()
     info = {
         "cpu": cpu,
         "cores": os.cpu_count(),
@@ -114,11 +115,13 @@ def machine_info(busy: int = 0) -> dict:
         "loadavg_1min": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
         "busy_processes": busy,
         # numbaconv.cpu._threads candidates chosen for this measurement (none: numba's defaults)
-        "thread_candidates": _threads.applied()["candidates"],
-        "thread_notes": _threads.applied()["notes"],
+        "thread_candidates": threads["candidates"],
+        "thread_notes": threads["notes"],
         # numbaconv.cpu._memory: glibc malloc thresholds set (name -> bytes; empty: malloc's own)
-        "malloc_settings": _memory.applied()["settings"],
-        "malloc_note": _memory.applied()["note"],
+        "malloc_settings": memory["settings"],
+        "malloc_note": memory["note"],
+        # which rows of winograd.F4_WHERE pick F(4x4) on this CPU (they were measured per kind)
+        "winograd_rows": winograd.vector_kind(),
     }
     torch = _torch()
     if torch is not None:

@@ -56,6 +56,11 @@ def test_machine_info_names_cores_and_versions():
     info = machine_info()
     assert info["cores"] >= 1 and info["numba_threads"] >= 1
     assert info["numpy"] == np.__version__ and info["cpu"]
+    # which measured F(4x4) rows this CPU takes, so a table says which rule its conv ratios ran under
+    from numbaconv.cpu import winograd
+
+    kind = info["winograd_rows"]
+    assert kind == winograd.vector_kind() and winograd.F4_RULES == winograd.F4_WHERE[kind]
 
 
 def test_bench_cli_writes_json(tmp_path):
@@ -65,6 +70,7 @@ def test_bench_cli_writes_json(tmp_path):
     assert result.exit_code == 0, result.output
     data = json.loads(out.read_text())
     assert data["machine"]["cores"] >= 1
+    assert f"F(4x4) rows {data['machine']['winograd_rows']}" in " ".join(result.output.split())
     assert {r["op"] for r in data["rows"]} >= {"conv forward+backward", "max pool forward+backward"}
 
 

@@ -61,6 +61,8 @@ def _header(device: str, dtype: str, info: dict, title: str, torch_layout: str |
         extra += ", malloc keeps freed memory"
     if info.get("malloc_note"):
         extra += f" ({info['malloc_note']})"
+    if info.get("winograd_rows"):
+        extra += f", F(4x4) rows {info['winograd_rows']}"
     return (f"{title} — {device} {dtype} | {info['cpu']}, {info['cores']} cores, numba {info['numba']} "
             f"({info['numba_threads']} threads, {info['threading_layer']}), numpy {info['numpy']}, "
             f"BLAS {info['blas']}, torch {info.get('torch', 'not installed')}, load {info.get('loadavg_1min')}"
