@@ -158,6 +158,19 @@ def _torch():
     return torch
 
 
+def load_torch_first() -> None:
+    """Import PyTorch (if installed) before ``numbaconv.cpu``, so that it keeps its own OpenMP waiting.
+
+    Its CPU wheel uses the system's libgomp, the runtime numba's omp layer loads too, and libgomp reads
+    its wait policy once, when it loads: loaded by ``numbaconv.cpu`` it takes our "passive" candidate,
+    which made PyTorch's fast-recipe step 16.8 ms against 12.8 (RESULTS.md, "A new machine ...").
+    Loaded first, PyTorch keeps libgomp's default and ours shares it (the thread notes say so)."""
+    import sys
+
+    if "numbaconv.cpu" not in sys.modules:
+        _torch()
+
+
 @contextmanager
 def _torch_threads(torch, n: int):
     """PyTorch on the same thread count as Numba, restored afterwards."""

@@ -2,6 +2,7 @@
 import json
 
 import numpy as np
+import pytest
 from typer.testing import CliRunner
 
 from numbaconv.bench import (ASSIGNMENT_SHAPES, REFERENCE_LIMITS, SHAPE_SETS, Shape, conv_flops, interleaved_best_ms,
@@ -79,3 +80,22 @@ def test_bench_cuda_without_gpu_prints_one_line_and_exits_2():
     result = CliRunner().invoke(app, ["bench", "--device", "cuda"])
     assert result.exit_code == 2
     assert "no CUDA GPU found" in result.output and "Traceback" not in result.output
+
+
+def test_pytorch_loaded_first_keeps_its_own_openmp_waiting():
+    # PyTorch's CPU wheel shares numba's libgomp, which reads its wait policy once, when it loads:
+    # loaded first, it keeps libgomp's default, and numbaconv.cpu says its "passive" had no effect
+    pytest.importorskip("torch", reason="PyTorch is the yardstick (pip install torch), not a dependency")
+    import subprocess
+    import sys
+
+    code = ("import sys, os\n"
+            "os.environ.pop('OMP_WAIT_POLICY', None); os.environ.pop('NUMBACONV_THREAD_CANDIDATES', None)\n"
+            "from numbaconv.bench import load_torch_first\n"
+            "load_torch_first()\n"
+            "assert 'torch' in sys.modules\n"
+            "from numbaconv.cpu import _threads\n"
+            "print(_threads.applied()['notes'])\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert "passive: libgomp already loaded, OMP_WAIT_POLICY has no effect" in out.stdout

@@ -149,7 +149,11 @@ def bench(
     if device is Device.cuda and not _cuda_available():
         err_console.print(NO_GPU_LINE, highlight=False)
         raise typer.Exit(2)
-    from numbaconv.bench import REFERENCE_LIMITS, SHAPE_SETS, busy_processes, machine_info, run_benchmarks
+    from numbaconv.bench import (REFERENCE_LIMITS, SHAPE_SETS, busy_processes, load_torch_first, machine_info,
+                                 run_benchmarks)
+
+    if not no_torch and device is Device.cpu:
+        load_torch_first()   # PyTorch shares numba's libgomp: it keeps its own wait policy, ours follows
     from numbaconv.recipe import RECIPES
 
     if op is BenchOp.step:
