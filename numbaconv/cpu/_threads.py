@@ -24,8 +24,10 @@ Why a parallel region waits for a descheduled thread (read from numba 0.68 and l
 Each candidate below is one row: what it changes, in which unit, and why it might help. ``DEFAULT``
 ("passive" and "free-cores", chosen by measurement: see its comment) applies unless the user set libgomp's own
 ``OMP_WAIT_POLICY``/``GOMP_SPINCOUNT``; libgomp reads them once, when it loads, so ``numbaconv.cpu``'s
-import starts numba's threads with the variable set and then puts the environment back (other OpenMP
-runtimes in the process, e.g. PyTorch's, and child processes keep the user's settings). Others are
+import starts numba's threads with the variable set and then puts the environment back (child processes
+and other OpenMP runtimes loaded later keep the user's settings; but PyTorch's CPU wheel uses this same
+system libgomp, so imported after ``numbaconv.cpu`` it waits passively too, and imported before it,
+ours follows its default: ``numbaconv bench`` imports it first, ``bench.load_torch_first``). Others are
 chosen by name, comma-separated, in ``NUMBACONV_THREAD_CANDIDATES`` (read at that import; ``none``:
 numba's and libgomp's own defaults), e.g.::
 
@@ -202,7 +204,7 @@ def configure(spec: str | None = None) -> dict:
     if saved_env and not started:
         # libgomp reads its variables once, when it loads: start numba's threads (which loads it)
         # and put the environment back, so other OpenMP runtimes loaded later in this process
-        # (PyTorch's own libgomp, say) and child processes keep the user's settings.
+        # (not PyTorch's CPU wheel: it shares this libgomp) and child processes keep the user's settings.
         numba.get_num_threads()
         for k, v in saved_env.items():
             if v is None:
