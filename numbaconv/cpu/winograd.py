@@ -51,13 +51,16 @@ BLOCK_TILES = 128
 # is depends on how fast the CPU's GEMMs are against its transforms, so each kind has its own rows.
 # Ratios are F(4x4) time / F(2x2) time, float32, 2 threads, forward / backward, in one process.
 F4_WHERE = {
-    # AVX-512 (OpenBLAS's SkylakeX kernels; a 2-core Intel Xeon with AVX-512, 2026-12-01, quiet,
-    # median of 5 alternations, N=128 unless said): 24->64 @ 31x31 0.88 / 0.84, 64->64 @ 31x31 0.92 /
-    # 0.78, 64->128 @ 32x32 N=256 0.91 / 0.79, 24->48 @ 16x16 1.10 / 0.87, 32->64 @ 16x16 1.04 / 0.86,
-    # 64->128 @ 15x15 0.98 / 0.80, 128->128 @ 15x15 0.92 / 0.81, 64->128 @ 8x8 1.10 / 0.90, 128->256
-    # @ 8x8 N=256 0.86 / 0.85; but 48->96 @ 8x8 1.21 / 0.98, 128->128 @ 7x7 1.06 / 1.01, 128->128 @
-    # 3x3 1.60 / 1.56, 256->256 @ 4x4 N=256 1.27 / 1.36.
-    "avx512": ((24, 16, 32), (64, 8, 15)),
+    # AVX-512 (OpenBLAS's SkylakeX kernels; a 2-core Intel Xeon with AVX-512, 2026-12-01, quiet, median of
+    # 5 alternations, N=128 unless said), re-measured after the F(4x4) transforms' plane passes were fused
+    # (forward / backward / total): 16->32 @ 16x16 0.95 / 0.78 / 0.84, 24->48 @ 16x16 1.01 / 0.85 /
+    # 0.91, 32->64 @ 16x16 1.13 / 0.83 / 0.92, 24->64 @ 31x31 0.90 / 0.76 / 0.80, 64->64 @ 31x31 0.71 /
+    # 0.68 / 0.69, 64->128 @ 32x32 N=256 0.77 / 0.72 / 0.74, 24->48 @ 8x8 0.91 / 0.84 / 0.87, 32->64 @
+    # 8x8 0.99 / 0.87 / 0.91, 48->96 @ 8x8 0.92 / 0.82 / 0.86, 64->128 @ 8x8 0.92 / 0.81 / 0.85, 64->128
+    # @ 15x15 0.90 / 0.74 / 0.80, 128->128 @ 15x15 0.85 / 0.77 / 0.79, 128->256 @ 8x8 N=256 0.89 / 0.83
+    # / 0.85; but 128->128 @ 7x7 1.11 / 1.00 / 1.04, 48->96 @ 4x4 1.05 / 1.04 / 1.04, 128->128 @ 4x4 N=256
+    # 1.37 / 1.29 / 1.32, 256->256 @ 4x4 N=256 1.31 / 1.29 / 1.30, 128->128 @ 3x3 1.52 / 1.53.
+    "avx512": ((16, 16, 32), (24, 8, 15)),
     # Without it (AVX2; a 2-core AMD EPYC, 2026-12-01, median of 4 alternations): 64->64 @ 16x16 N=256
     # 0.80 / 0.80, 64->128 @ 16x16 0.86 / 0.81; but 128->128 @ 8x8 1.02 / 1.07, 128->128 @ 4x4 1.32 /
     # 1.22, 24->64 @ 32x32 1.19 / 1.27, 24->48 @ 8x8 N=128 0.91 / 0.94, 48->96 @ 4x4 0.93 / 1.22.
