@@ -133,6 +133,24 @@ def test_weight_transforms_are_g_w_gt_and_its_adjoint(dtype, m):
     _close(dw, np.einsum("ak,abfc,bl->fckl", G, dU.reshape(n, n, 5, 4).astype(np.float64), G), dtype, "dw")
 
 
+@pytest.mark.parametrize("name, S", [("_rows_6x6", winograd.BT4), ("_rows_6x6", winograd.B4),
+                                     ("_rows_4x6", winograd.AT4), ("_rows_6x4", winograd.A4)])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_plane_passes_are_the_matrix_product(name, S, dtype):
+    # dst rows d0 + d_step*a = S[a] . the source rows s0 + s_step*k, over the first cols columns, with
+    # sources and destinations spread over strided rows as the F(4x4) passes use them; nothing else
+    # of dst is touched
+    rng = np.random.default_rng(10)
+    R, K = S.shape
+    cols = 37   # not a multiple of any vector width: the loops' tails run
+    src = rng.standard_normal((2 + 3 * K, 40)).astype(dtype)
+    dst = rng.standard_normal((1 + 2 * R, 40)).astype(dtype)
+    want = dst.copy()
+    want[1::2][:R, :cols] = S @ src[2::3][:K, :cols].astype(np.float64)
+    getattr(winograd, name)(S, src, 2, 3, dst, 1, 2, cols)
+    _close(dst, want, dtype, name)
+
+
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 def test_weights_grad_sums_the_chunk_parts_in_order(dtype):
     # per-chunk parts are added in chunk order in their dtype, then transformed: the same bits as
