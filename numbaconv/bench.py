@@ -121,7 +121,7 @@ def machine_info(busy: int = 0) -> dict:
         "malloc_settings": memory["settings"],
         "malloc_note": memory["note"],
         # which rows of winograd.F4_WHERE pick F(4x4) on this CPU (they were measured per kind)
-        "winograd_rows": winograd.vector_kind(),
+        "winograd_rows": winograd.F4_KIND,
     }
     torch = _torch()
     if torch is not None:

@@ -76,7 +76,8 @@ def vector_kind() -> str:
     return "avx512" if ll.get_host_cpu_features().get("avx512f") else "avx2"
 
 
-F4_RULES = F4_WHERE[vector_kind()]
+F4_KIND = vector_kind()   # read once, at import; bench reports it
+F4_RULES = F4_WHERE[F4_KIND]
 
 
 def tile_size(C, HH, WW, stride, H_out, W_out):
@@ -545,8 +546,8 @@ def _dout_tiles(dn, H_out, W_out, th, tw, dM, col0):
 # --- F(4x4, 3x3): 6x6 input tiles at (4i, 4j), 36 GEMMs per block ---
 # Its transforms run on a whole block a plane at a time: a plane is one tile position (or one
 # row/column of a separable transform's intermediate) across the block's tiles, so each inner
-# loop is one contiguous, vectorised pass of multiply-adds (_rows_6x6 etc.), and only the gathers and scatters
-# between tiles and maps are scalar. Measured on one thread, 128->128 @ 8x8: tile-at-a-time loops
+# loop is one contiguous, vectorised pass of multiply-adds (_rows_6x6 etc.), and only the gathers
+# and scatters between tiles and maps are scalar. Measured on one thread, 128->128 @ 8x8: tile-at-a-time loops
 # (36 strided loads per tile) took 2.7x F(2x2)'s time per image for the output transform.
 B4 = np.ascontiguousarray(BT4.T)
 A4 = np.ascontiguousarray(AT4.T)
