@@ -99,6 +99,16 @@ def test_f4_only_where_it_was_measured_faster(monkeypatch, kind, C, H, W, m):
     assert winograd.tile_size(C, 3, 3, 1, H, W) == m
 
 
+@pytest.mark.parametrize("H, m, itemsize, B", [
+    (16, 4, 4, 6), (16, 4, 8, 3), (8, 4, 4, 24), (8, 4, 8, 12), (32, 4, 4, 2), (32, 4, 8, 1), (7, 2, 4, 6)])
+def test_blocks_span_the_same_bytes_in_either_dtype(monkeypatch, H, m, itemsize, B):
+    # 96 float32 tile columns, 48 float64: the images to cover them, rounded up (16 tiles on a 16x16 map
+    # with 4x4 tiles: 6 images; 64 on 32x32: 2 images, 1 in float64)
+    monkeypatch.setattr(winograd, "BLOCK_TILES", 96)
+    assert winograd.block_images(H, H, 512, m, itemsize) == B
+    assert winograd.block_images(H, H, 1, m, itemsize) == 1   # never more images than there are
+
+
 def test_this_machine_takes_its_own_rows():
     # the kernel's own list of CPU flags, a source independent of llvmlite's
     try:

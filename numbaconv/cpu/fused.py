@@ -473,7 +473,8 @@ def _forward(x, w, b, gamma, beta, conv_param, bn_param, pool_param):
         if m:
             U = winograd.transform_weights(w, x.dtype, m)
             _wino_stats_forward(x, U, np.ascontiguousarray(b), cg.pad, cg.H_out, cg.W_out,
-                                winograd.block_images(cg.H_out, cg.W_out, N, m), work_chunks(N), _flat(a), pmean, pm2)
+                                winograd.block_images(cg.H_out, cg.W_out, N, m, x.dtype.itemsize), work_chunks(N),
+                                _flat(a), pmean, pm2)
         elif winograd_rows.use(cg.C, cg.HH, cg.WW, cg.stride, cg.W_out):
             U = winograd_rows.transform_weights(w, x.dtype)
             _rows_stats_forward(x, U, np.ascontiguousarray(b), cg.pad,
@@ -524,7 +525,7 @@ def _backward(dout, cache, layer, need_dx):
             dw = winograd_rows.weights_grad(dU_part, cg.C)
         elif U is not None:
             dU_part = np.empty((T,) + U.shape, dtype=x.dtype)
-            B = winograd.block_images(cg.H_out, cg.W_out, x.shape[0], winograd.size_of(U.shape[0]))
+            B = winograd.block_images(cg.H_out, cg.W_out, x.shape[0], winograd.size_of(U.shape[0]), x.dtype.itemsize)
             _wino_bn_backward(x, U, cg.pad, B, _flat(a), mean, std, gamma, train, ga, gb, _flat(dout), _flat(out),
                               _flat(arg), pool, need_dx, dx, dU_part, db_part)
             dw = winograd.weights_grad(dU_part)

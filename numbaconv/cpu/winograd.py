@@ -43,8 +43,14 @@ AT4 = np.array([[1, 1, 1, 1, 1, 0], [0, 1, -1, 0.5, -2, 0], [0, 1, 1, 0.25, 4, 0
 # (conv 3->32: im2col's K is 27 against Winograd's 3). Measured (float32, N=128, ours / PyTorch):
 # 8->16 @ 16x16 im2col 1.01, Winograd 1.18; 16->32 @ 16x16 1.00 and 0.98; 32->64 0.76-0.83 Winograd.
 MIN_CHANNELS = 16
-# Tile columns per GEMM: images are grouped into blocks of at least this many tiles
-BLOCK_TILES = 128
+# Tile columns per GEMM in float32 (float64 takes half as many: the same bytes): images are grouped
+# into blocks of at least this many tiles. A block's V and M rows span this many columns, so it sets
+# how much of them stays in L2 between the transforms and the GEMMs against how wide each GEMM is.
+# Measured (2-core Xeon with AVX-512, 2 MiB L2 a core, conv fwd+bwd, 2 threads, median of 9
+# alternations), 96 columns against 128: 0.92-0.98x the time on 10 of 13 CIFAR, wide and long-recipe
+# layer shapes, 1.0-1.02x on the other three; 64, 80 and 112 no better than 96; float64 with 48
+# columns 0.78-0.96x its time with 128
+BLOCK_TILES = 96
 # F(4x4) where it was measured faster than F(2x2), per kind of CPU: rows (min input channels, smallest
 # map side, largest map side), F(4x4) when a layer fits one row. Its GEMMs take ~0.6x F(2x2)'s time but
 # its transforms 1-1.7x, so it wins only where the GEMMs dominate and the maps fill its tiles; where that
@@ -94,10 +100,12 @@ def tiles(H_out, W_out, m):
     return -(-H_out // m), -(-W_out // m)
 
 
-def block_images(H_out, W_out, N, m):
-    """Images per block: enough for BLOCK_TILES tile columns, at most N."""
+def block_images(H_out, W_out, N, m, itemsize):
+    """Images per block: enough for BLOCK_TILES tile columns (scaled to ``itemsize``-byte numbers, 4 for
+    float32), at most N."""
     th, tw = tiles(H_out, W_out, m)
-    return max(1, min(N, -(-BLOCK_TILES // (th * tw))))
+    cols = max(1, BLOCK_TILES * 4 // itemsize)
+    return max(1, min(N, -(-cols // (th * tw))))
 
 
 def transform_weights(w, dtype, m):
@@ -858,7 +866,7 @@ def forward(x, w, b, pad, H_out, W_out, T, out, m):
     """out (N, F, H_out*W_out) = conv(x, w) + b by F(m x m, 3x3); returns U for backward. Call with
     BLAS on one thread."""
     U = transform_weights(w, x.dtype, m)
-    _forward(x, U, b, pad, H_out, W_out, block_images(H_out, W_out, x.shape[0], m), T, out)
+    _forward(x, U, b, pad, H_out, W_out, block_images(H_out, W_out, x.shape[0], m, x.dtype.itemsize), T, out)
     return U
 
 
@@ -868,6 +876,6 @@ def backward(x, U, dout, pad, T, need_dx, dx):
     H_out, W_out = x.shape[2] + 2 * pad - 2, x.shape[3] + 2 * pad - 2
     dU_part = np.empty((T, nn, F, C), dtype=x.dtype)
     db_part = np.empty((T, F), dtype=x.dtype)
-    _backward(x, U, dout, pad, block_images(H_out, W_out, x.shape[0], size_of(nn)), need_dx, dx,
+    _backward(x, U, dout, pad, block_images(H_out, W_out, x.shape[0], size_of(nn), x.dtype.itemsize), need_dx, dx,
               dU_part, db_part)
     return weights_grad(dU_part), db_part.sum(axis=0)
