@@ -123,6 +123,10 @@ def main(argv=None):
     ap.add_argument("--png", help="plot here (default: time_to_accuracy_<recipe>_seed<seed>.png)")
     ap.add_argument("--json", help="write the curves and summary here")
     a = ap.parse_args(argv)
+    if a.against_torch:   # before numbaconv.cpu: PyTorch keeps its own OpenMP waiting (bench does the same)
+        from numbaconv.bench import load_torch_first
+
+        load_torch_first()
 
     import numba
 

@@ -113,6 +113,10 @@ def main(argv=None):
     a = ap.parse_args(argv)
     if not a.slice > 0:
         ap.error(f"--slice must be seconds > 0, got {a.slice!r}")
+    if a.against_torch:   # before numbaconv.cpu: PyTorch keeps its own OpenMP waiting (bench does the same)
+        from numbaconv.bench import load_torch_first
+
+        load_torch_first()
 
     import numba
 
