@@ -91,7 +91,8 @@ def test_enough_channels_take_the_path_by_default():
     ("avx2", 64, 32, 32, 2), ("avx2", 64, 16, 8, 2),
     ("avx512", 24, 31, 31, 4), ("avx512", 32, 16, 16, 4), ("avx512", 64, 32, 32, 4), ("avx512", 64, 8, 8, 4),
     ("avx512", 128, 15, 15, 4), ("avx512", 16, 16, 16, 4), ("avx512", 24, 8, 8, 4), ("avx512", 48, 8, 8, 4),
-    ("avx512", 16, 8, 8, 2), ("avx512", 128, 7, 7, 2), ("avx512", 48, 4, 4, 2), ("avx512", 256, 4, 4, 2),
+    ("avx512", 16, 8, 8, 2), ("avx512", 128, 7, 7, 4), ("avx512", 128, 6, 6, 2), ("avx512", 48, 4, 4, 2),
+    ("avx512", 256, 4, 4, 2),
     ("avx512", 64, 33, 33, 2), ("avx512", 64, 16, 4, 2)])
 def test_f4_only_where_it_was_measured_faster(monkeypatch, kind, C, H, W, m):
     # each kind of CPU's rows of winograd.F4_WHERE (its comment has the ratios)

@@ -48,8 +48,8 @@ MIN_CHANNELS = 16
 # how much of them stays in L2 between the transforms and the GEMMs against how wide each GEMM is.
 # Measured (2-core Xeon with AVX-512, 2 MiB L2 a core, conv fwd+bwd, 2 threads, median of 9
 # alternations), 96 columns against 128: 0.92-0.98x the time on 10 of 13 CIFAR, wide and long-recipe
-# layer shapes, 1.0-1.02x on the other three; 64, 80 and 112 no better than 96; float64 with 48
-# columns 0.78-0.96x its time with 128
+# layer shapes, 1.0-1.02x on the other three; 64, 80 and 112 no better than 96. Float64 (5 shapes): 96
+# columns 0.78-0.96x the time of 128, and 48 a further 0.89-0.97x
 BLOCK_TILES = 96
 # F(4x4) where it was measured faster than F(2x2), per kind of CPU: rows (min input channels, smallest
 # map side, largest map side), F(4x4) when a layer fits one row. Its GEMMs take ~0.6x F(2x2)'s time but
@@ -66,7 +66,12 @@ F4_WHERE = {
     # @ 15x15 0.90 / 0.74 / 0.80, 128->128 @ 15x15 0.85 / 0.77 / 0.79, 128->256 @ 8x8 N=256 0.89 / 0.83
     # / 0.85; but 128->128 @ 7x7 1.11 / 1.00 / 1.04, 48->96 @ 4x4 1.05 / 1.04 / 1.04, 128->128 @ 4x4 N=256
     # 1.37 / 1.29 / 1.32, 256->256 @ 4x4 N=256 1.31 / 1.29 / 1.30, 128->128 @ 3x3 1.52 / 1.53.
-    "avx512": ((16, 16, 32), (24, 8, 15)),
+    # Re-measured with blocks of 96 columns (BLOCK_TILES; were 128), which turned 7x7 to F(4x4): 128->128
+    # @ 7x7 N=256 0.96 / 0.77 / 0.83 and 0.97 / 0.79 / 0.85, 64->64 @ 7x7 N=256 1.00 / 0.84 / 0.89, 24->48
+    # @ 7x7 1.05 / 0.84 / 0.91 (the long recipe's step with its two 7x7 layers on F(4x4): level, 0.99x and
+    # 1.00x); but 128->128 @ 6x6 N=256 1.43 / 1.17 / 1.26, 48->96 @ 4x4 1.21 / 1.08 / 1.13, 256->256 @ 4x4
+    # N=256 1.01 / 0.99 / 0.99 (level: stays F(2x2)).
+    "avx512": ((16, 16, 32), (24, 7, 15)),
     # Without it (AVX2; a 2-core AMD EPYC, 2026-12-01, median of 4 alternations): 64->64 @ 16x16 N=256
     # 0.80 / 0.80, 64->128 @ 16x16 0.86 / 0.81; but 128->128 @ 8x8 1.02 / 1.07, 128->128 @ 4x4 1.32 /
     # 1.22, 24->64 @ 32x32 1.19 / 1.27, 24->48 @ 8x8 N=128 0.91 / 0.94, 48->96 @ 4x4 0.93 / 1.22.
