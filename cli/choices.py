@@ -4,6 +4,7 @@ from enum import Enum
 
 from numbaconv.optim import UPDATE_RULES
 from numbaconv.recipe import RECIPES
+from numbaconv.solver import SAMPLINGS
 
 
 class Backend(str, Enum):
@@ -24,3 +25,4 @@ def registry_choice(name: str, names) -> type[Enum]:
 
 Optimizer = registry_choice("Optimizer", UPDATE_RULES)
 Recipe = registry_choice("Recipe", RECIPES)
+Sampling = registry_choice("Sampling", SAMPLINGS)

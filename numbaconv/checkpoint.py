@@ -34,7 +34,7 @@ import numpy as np
 
 from .files import atomic_write
 from .models import build_model, param_count
-from .solver import History
+from .solver import SAMPLINGS, History
 
 FORMAT = "numbaconv-checkpoint"
 VERSION = 1
@@ -298,6 +298,8 @@ _SETTING_RULES = {
     "a string or null": lambda v: v is None or isinstance(v, str),
     "a name": lambda v: isinstance(v, str),
     "a JSON object or null": lambda v: v is None or isinstance(v, dict),
+    "a number in [0, 1)": lambda v: _is_number(v) and 0 <= v < 1,
+    " or ".join(map(repr, SAMPLINGS)): lambda v: v in SAMPLINGS,
 }
 _SETTINGS = {   # key: (rule, required)
     "update_rule": ("a name", True), "optim_config": ("a JSON object or null", False),
@@ -308,6 +310,10 @@ _SETTINGS = {   # key: (rule, required)
     "train_time": ("a finite number >= 0", True), "last_step_time": ("a finite number >= 0", True),
     "best_val_acc": ("a finite number", True), "best_epoch": ("a number or null", False),
     "stop_reason": ("a string or null", False),
+    # recipe options, absent from checkpoints written before them (the Solver then uses what they trained with)
+    "augment_seed": ("an integer >= 0", False), "shuffle_seed": ("an integer >= 0", False),
+    "lookahead_every": ("a positive integer or null", False), "lookahead_decay": ("a number in [0, 1)", False),
+    "sampling": (" or ".join(map(repr, SAMPLINGS)), False),
 }
 
 

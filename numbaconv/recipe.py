@@ -196,6 +196,7 @@ RECIPES = {
         "peak_lr": 0.3,                 # per step on the mean loss at batch 128
         "warmup": 0.2, "shape": "linear",
         "batch_size": 128,              # twice the steps of 256 for ~12% more time per image: +1 point at 60 s
+        "sampling": "replacement",      # minibatches drawn with replacement (the Solver's default; tuned so)
         "pad": 1, "flip": True,         # +-1-pixel translation and random flips (translation hurt at ~4 epochs)
         "start": 0.1, "final": 0.0,     # lr factors at the start of warm-up and at the end
         "lr_scales": {},                # no per-group learning rates
@@ -222,6 +223,7 @@ RECIPES = {
         "peak_lr": 0.75,                # per step on the mean loss at batch 512 (airbench's 11.5 per 1024)
         "warmup": 0.23, "start": 0.2, "final": 0.07, "shape": "linear",   # airbench's triangle
         "batch_size": 512,              # images per step
+        "sampling": "epochs",           # each image once an epoch (a fresh shuffle each), not drawn with replacement
         "pad": 2,                       # random translation by up to 2 pixels
         "flip": "alternate",            # each image mirrored on every other epoch (random start)
         "lr_scales": {"bn_bias": 64.0},  # BN biases learn 64x faster: they set each channel's threshold
@@ -261,8 +263,9 @@ def describe_recipe(name: str) -> str:
     aug = [kind for kind, on in ((flips, r["flip"]), (f"{r['pad']}-pixel shifts", r["pad"] > 0)) if on]
     tta = [kind for kind, on in (("mirror", m.get("tta_flip")), (f"{m.get('tta_shift', 0)}-pixel shifts",
                                                                   m.get("tta_shift", 0))) if on]
+    batches = {"replacement": "drawn with replacement", "epochs": "each image once an epoch"}[r["sampling"]]
     return (f"{model}{''.join(', ' + e for e in extras)}, label smoothing {m['smoothing']:g}, {rule}, batch "
-            f"{r['batch_size']}, peak lr {r['peak_lr']:g} with {r['warmup']:.0%} warm-up then {r['shape']} decay over "
+            f"{r['batch_size']} ({batches}), peak lr {r['peak_lr']:g} with {r['warmup']:.0%} warm-up then {r['shape']} decay over "
             f"--time-budget (default {r['time_budget']:g} s), augmentation: {' and '.join(aug) or 'none'}, "
             f"test-time: {' and '.join(tta) or 'none'}; judged on {r['num_val']} validation images (the --num-val default)")
 
@@ -286,14 +289,16 @@ def recipe_model_config(name, input_dims, num_classes: int, backend: str = "cpu"
 def recipe_solver_kwargs(name, time_budget: float | None) -> dict:
     """Solver arguments of recipe ``name`` (or of a table entry): update rule, optimizer config, batch size and the
     schedule/augment hooks (the schedule runs over ``time_budget`` seconds, or the iterations if None),
-    lookahead. Call ``apply_param_groups(solver, RECIPES[name]["lr_scales"])`` on the Solver afterwards
-    (a fresh one; resumed configs keep it, as the Solver's state keeps the lookahead settings)."""
+    lookahead, minibatch sampling. Call ``apply_param_groups(solver, RECIPES[name]["lr_scales"])`` on the
+    Solver afterwards (a fresh one; resumed configs keep it, as the Solver's state keeps the lookahead and
+    sampling settings)."""
     r = _recipe(name)
     return {"update_rule": r["update_rule"], "optim_config": dict(r["optim_config"]), "batch_size": r["batch_size"],
             "schedule": TimeSchedule(r["peak_lr"], time_budget, warmup=r["warmup"], shape=r["shape"],
                                      start=r["start"], final=r["final"]),
             "augment": augment_crop_flip(r["pad"], r["flip"]),
-            "lookahead_every": r["lookahead_every"], "lookahead_decay": r["lookahead_decay"]}
+            "lookahead_every": r["lookahead_every"], "lookahead_decay": r["lookahead_decay"],
+            "sampling": r["sampling"]}
 
 
 def recipe_solver(name: str, data: dict, time_budget: float | None, seed: int = 0, backend: str = "cpu",

@@ -29,8 +29,10 @@ import numpy as np
 # Options the checkpoint fixes when resuming, and options a recipe sets itself:
 # giving one is an error, not a silent override.
 FIXED_BY_CHECKPOINT = ("recipe", "dataset", "model", "filters", "pools", "batchnorm", "optimizer", "lr", "lr_decay",
-                       "batch_size", "reg", "weight_scale", "num_train", "num_val", "dtype", "seed", "normalize_std")
-SET_BY_RECIPE = ("model", "filters", "pools", "batchnorm", "optimizer", "lr", "lr_decay", "batch_size", "weight_scale")
+                       "batch_size", "sampling", "reg", "weight_scale", "num_train", "num_val", "dtype", "seed",
+                       "normalize_std")
+SET_BY_RECIPE = ("model", "filters", "pools", "batchnorm", "optimizer", "lr", "lr_decay", "batch_size", "sampling",
+                 "weight_scale")
 MODEL_KINDS = ("deep", "three-layer")
 DEFAULT_FILTERS = {"deep": [16, 32, 64], "three-layer": 32}
 DEFAULT_POOLS = [0, 1, 2]
@@ -141,6 +143,11 @@ def _update_rules():
     return tuple(UPDATE_RULES)
 
 
+def _samplings():
+    from .solver import SAMPLINGS
+    return SAMPLINGS
+
+
 def _backends():
     from .backends import BACKENDS
     return BACKENDS
@@ -160,6 +167,7 @@ _CHECKS: dict[str, Callable[[str, Any], Any]] = {
     "lr": _optional(lambda label, v: _number(label, v, lo=0.0, lo_open=True)),
     "lr_decay": lambda label, v: _number(label, v, lo=0.0, lo_open=True, hi=1.0),
     "batch_size": lambda label, v: _integer(label, v, 1),
+    "sampling": lambda label, v: _choice(label, v, _samplings()),
     "reg": lambda label, v: _number(label, v, lo=0.0),
     "epochs": _optional(lambda label, v: _integer(label, v, 1)),
     "time_budget": _optional(lambda label, v: _number(label, v, lo=0.0, lo_open=True, what="a number of seconds")),
@@ -191,6 +199,7 @@ class RunSpec:
     lr: float | None = None                   # None: the rule's default
     lr_decay: float = 1.0
     batch_size: int = 128                     # the default: at most the training images; a given one must fit
+    sampling: str = "replacement"             # minibatches: replacement (the assignment's) | epochs (a shuffle each)
     reg: float = 0.0
     epochs: int | None = None
     time_budget: float | None = None          # seconds of training steps (with resume: the total)
@@ -409,8 +418,8 @@ def plan_fresh(spec: RunSpec) -> Plan:
     net = build_model(config, seed=spec.seed)
     solver = Solver(net, data, update_rule=spec.optimizer,
                     optim_config={} if spec.lr is None else {"learning_rate": spec.lr}, lr_decay=spec.lr_decay,
-                    batch_size=batch_size, num_epochs=_num_epochs(spec.epochs), seed=spec.seed,
-                    verbose=False, num_train_samples=NUM_TRAIN_SAMPLES)
+                    batch_size=batch_size, sampling=spec.sampling, num_epochs=_num_epochs(spec.epochs),
+                    seed=spec.seed, verbose=False, num_train_samples=NUM_TRAIN_SAMPLES)
     info = data_info_for(ds, spec.dataset, num_val, spec.num_train, spec.normalize_std, 0)
     return Plan(spec, solver, ds, info, _run_record(spec, num_val=num_val), spec.epochs, spec.time_budget)
 
@@ -493,7 +502,7 @@ def write_config(plan: Plan) -> None:
     save_json(Path(plan.spec.out) / "config.json",
               {"model": plan.model.config(), "data": plan.data_info, "run": plan.run,
                "solver": {"update_rule": s.update_rule_name, "optim_config": s.optim_config, "lr_decay": s.lr_decay,
-                          "batch_size": s.batch_size, "num_epochs": plan.epochs},
+                          "batch_size": s.batch_size, "sampling": s.sampling, "num_epochs": plan.epochs},
                "resumed_from": plan.resumed_from,
                "versions": {"numbaconv": __version__, "numpy": np.__version__, "python": sys.version.split()[0]}})
 

@@ -47,7 +47,13 @@ each parameter's optimizer config (key "lookahead"), so checkpoints keep them. A
 hook with ``per_image = True`` is also given ``index`` (the minibatch's image indices),
 ``epoch`` (``iteration // iterations_per_epoch``) and ``seed`` (``augment_seed``, drawn
 from the Solver's seed and kept in its state), for augmentations that depend on the image
-and epoch (alternating flips) and stay reproducible on resume. An augment hook with
+and epoch (alternating flips) and stay reproducible on resume. ``sampling`` decides which images make a minibatch:
+"replacement" (the assignment's: each minibatch drawn at random with replacement, so an "epoch"
+of steps sees about 63% of the images) or "epochs" (each epoch a fresh permutation of the
+training set, cut into consecutive minibatches, the last ``N % batch_size`` images of the
+permutation left out: every image once per epoch, as PyTorch's shuffling DataLoader with
+drop_last and airbench; epoch e's order is ``epoch_permutation(shuffle_seed, e, N)``, so a
+resumed run continues it exactly). An augment hook with
 ``takes_backend = True`` is also given ``backend`` (the model's backend name), so its kernel
 is that backend's.
 
@@ -199,6 +205,15 @@ def _opt_int(name: str, value, allow_none: bool = False):
     return int(value)
 
 
+SAMPLINGS = ("replacement", "epochs")   # how minibatches are drawn (module docstring)
+
+
+def _sampling(value) -> str:
+    if not isinstance(value, str) or value not in SAMPLINGS:
+        raise ValueError(f"sampling must be one of {', '.join(map(repr, SAMPLINGS))}, got {value!r}")
+    return value
+
+
 def _on_device(a) -> bool:
     """A numba device array (the cuda backend's), not a NumPy one."""
     return not isinstance(a, np.ndarray) and hasattr(a, "copy_to_host")
@@ -253,6 +268,30 @@ def evaluate_accuracy(model, X, y, batch_size: int = 100) -> tuple[float, np.nda
     return float(correct.mean()), per_class
 
 
+def stream_seeds(seed) -> tuple:
+    """The Solver's random streams from its ``seed``: (minibatch/augmentation SeedSequence, accuracy
+    checks' SeedSequence, augment_seed, shuffle_seed). SeedSequence children go by position, so a
+    stream added at the end leaves the earlier ones (and runs recorded with them) unchanged."""
+    train_seq, eval_seq, aug_seq, shuffle_seq = np.random.SeedSequence(seed).spawn(4)
+    return (train_seq, eval_seq, int(aug_seq.generate_state(1, dtype=np.uint32)[0]),
+            int(shuffle_seq.generate_state(1, dtype=np.uint32)[0]))
+
+
+@functools.lru_cache(maxsize=2)   # an epoch's steps read one permutation (read-only, so it can be shared)
+def epoch_permutation(shuffle_seed: int, epoch: int, n: int) -> np.ndarray:
+    """The order of the ``n`` training images in epoch ``epoch`` under ``sampling="epochs"``."""
+    order = np.random.Generator(np.random.PCG64([int(shuffle_seed), int(epoch)])).permutation(n)
+    order.flags.writeable = False
+    return order
+
+
+def epoch_minibatch(shuffle_seed: int, step: int, n: int, batch_size: int) -> np.ndarray:
+    """The images of step ``step`` (counted from 0) under ``sampling="epochs"``: slice ``step % k``
+    of epoch ``step // k``'s permutation, k = max(n // batch_size, 1) steps an epoch."""
+    epoch, j = divmod(int(step), max(n // batch_size, 1))
+    return epoch_permutation(shuffle_seed, epoch, n)[j * batch_size:(j + 1) * batch_size]
+
+
 class Solver:
     """Trains a model (``params``, ``loss(X, y=None)``) on ``data`` (a dict or an
     object with X_train, y_train, X_val, y_val).
@@ -263,8 +302,9 @@ class Solver:
       verbose (True), num_train_samples (1000: train accuracy is checked on a
       random subset of this size; None for all), num_val_samples (None: all),
       checkpoint_name (None; else ``{name}_epoch_{e}.h5`` after every epoch),
-      seed (None: fresh entropy) for minibatch sampling, schedule, augment,
-      on_iteration, on_epoch_end (see the module docstring).
+      seed (None: fresh entropy) for minibatch sampling, sampling ("replacement";
+      or "epochs"), schedule, augment, on_iteration, on_epoch_end, lookahead_every,
+      lookahead_decay (see the module docstring).
     """
 
     def __init__(self, model, data, **kwargs):
@@ -307,16 +347,15 @@ class Solver:
                 or not 0.0 <= self.lookahead_decay < 1.0:
             raise ValueError(f"lookahead_decay must be a number in [0, 1), got {self.lookahead_decay!r}")
         self.lookahead_decay = float(self.lookahead_decay)
+        self.sampling = _sampling(kwargs.pop("sampling", "replacement"))
         if kwargs:
             raise ValueError(f"unrecognized Solver arguments: {', '.join(sorted(kwargs))}")
         # Two generators, so accuracy checks (extra ones included) never shift the
         # minibatch stream: one for minibatches and augmentation, one for checks.
-        seq = np.random.SeedSequence(seed)
-        # A third child (the first two are the same as with spawn(2)) seeds per-image augmentation.
-        train_seq, eval_seq, aug_seq = seq.spawn(3)
+        # Two more seed per-image augmentation and the epochs' permutations (stream_seeds).
+        train_seq, eval_seq, self.augment_seed, self.shuffle_seed = stream_seeds(seed)
         self.rng = np.random.Generator(np.random.PCG64(train_seq))
         self.eval_rng = np.random.Generator(np.random.PCG64(eval_seq))
-        self.augment_seed = int(aug_seq.generate_state(1, dtype=np.uint32)[0])
         self._reset()
 
     # ------------------------------------------------------------------ state
@@ -422,6 +461,13 @@ class Solver:
             kwargs["backend"] = self.model.backend
         return kwargs
 
+    def _batch_indices(self) -> np.ndarray:
+        """The images of the next step's minibatch (see ``sampling``)."""
+        N = self.X_train.shape[0]
+        if self.sampling == "replacement":
+            return self.rng.choice(N, self.batch_size)
+        return epoch_minibatch(self.shuffle_seed, self.iteration, N, self.batch_size)
+
     def _minibatch(self, idx):
         """The step's (X, y) for indices idx, augmented. On the device: the augmentation's draws
         (made here with the Solver's generator, in the host path's order) go up with the indices."""
@@ -522,7 +568,7 @@ class Solver:
         try:
             if self.schedule is not None:
                 self.schedule(self)
-            idx = self.rng.choice(self.X_train.shape[0], self.batch_size)
+            idx = self._batch_indices()
             X_batch, y_batch = self._minibatch(idx)
             loss, grads = self.model.loss(X_batch, y_batch)
             if not math.isfinite(loss):
@@ -678,6 +724,7 @@ class Solver:
                 "rng_state": self.rng.bit_generator.state, "eval_rng_state": self.eval_rng.bit_generator.state,
                 "augment_seed": self.augment_seed, "lookahead_every": self.lookahead_every,
                 "lookahead_decay": self.lookahead_decay,
+                "sampling": self.sampling, "shuffle_seed": self.shuffle_seed,
             },
         }
 
@@ -705,6 +752,8 @@ class Solver:
         self.augment_seed = int(s.get("augment_seed", self.augment_seed))
         self.lookahead_every = _opt_int("lookahead_every", s.get("lookahead_every"), True)
         self.lookahead_decay = float(s.get("lookahead_decay", 0.95))
+        self.sampling = _sampling(s.get("sampling", "replacement"))
+        self.shuffle_seed = int(s.get("shuffle_seed", self.shuffle_seed))
         missing = set(self.model.params) ^ set(state["optim_configs"])
         if missing:
             raise ValueError(f"optimizer state does not match the model's parameters: {sorted(missing)}")

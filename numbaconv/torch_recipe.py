@@ -8,7 +8,8 @@ optimizer. PyTorch is optional (the ``bench`` extra); it is imported when a ``To
 The recipe options of issue #13 follow the table the same way: whitening with its negation (a ReLU
 after the stem), dirac init, frozen BN scale, BN momentum (PyTorch's is 1 - ours), per-group learning
 rates (``numbaconv.recipe.param_group`` on our names for the same tensors), lookahead (as the Solver's),
-alternating flips (the Solver's augment seed, so the same images flip in the same epochs) and shifted
+alternating flips (the Solver's augment seed, so the same images flip in the same epochs), minibatch
+sampling (with "epochs", the Solver's permutations: the same minibatches) and shifted
 test-time views (``numbaconv.models.shift_images``).
 """
 from __future__ import annotations
@@ -33,6 +34,7 @@ class TorchRecipe:
 
         from .models import build_model
         from .recipe import RECIPES, TimeSchedule, augment_crop_flip, param_group, recipe_model_config
+        from .solver import stream_seeds
 
         if threads is not None:
             torch.set_num_threads(threads)
@@ -90,8 +92,10 @@ class TorchRecipe:
                                   start=r.get("start", 0.1), final=r.get("final", 0.0))
         self.lossf = nn.CrossEntropyLoss(label_smoothing=m["smoothing"])
         self.augment = augment_crop_flip(r["pad"], r["flip"])
-        # the Solver's augment seed for this seed (numbaconv.solver: the third SeedSequence child)
-        self.augment_seed = int(np.random.SeedSequence(seed).spawn(3)[2].generate_state(1, dtype=np.uint32)[0])
+        # the Solver's augment and shuffle seeds for this seed: the same images flip in the same epochs and,
+        # with sampling "epochs", the same minibatches are drawn
+        _, _, self.augment_seed, self.shuffle_seed = stream_seeds(seed)
+        self.sampling = r.get("sampling", "replacement")
         self.lookahead_every, self.lookahead_decay = r.get("lookahead_every"), r.get("lookahead_decay", 0.95)
         self.slow = None   # lookahead's averages, by parameter
         self.steps = 0
@@ -116,7 +120,12 @@ class TorchRecipe:
         lr = self.sched.peak_lr if progress is None else self.sched.peak_lr * self.sched.factor(progress)
         for g in self.opt.param_groups:
             g["lr"] = lr * g["lr_scale"]
-        idx = self.rng.choice(self.X.shape[0], self.batch_size)
+        if self.sampling == "epochs":
+            from .solver import epoch_minibatch
+
+            idx = epoch_minibatch(self.shuffle_seed, self.steps, self.X.shape[0], self.batch_size)
+        else:
+            idx = self.rng.choice(self.X.shape[0], self.batch_size)
         if getattr(self.augment, "per_image", False):
             xb, yb = self.augment(self.X[idx], self.y[idx], self.rng, index=idx,
                                   epoch=self.steps // self.iterations_per_epoch, seed=self.augment_seed)

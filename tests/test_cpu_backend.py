@@ -108,9 +108,12 @@ def test_blas_threads_follow_numba_threads_only_inside_the_call():
         numba.set_num_threads(saved)
 
 
-def test_small_work_runs_on_one_thread_only_inside_the_call():
+def test_small_work_runs_on_one_thread_only_inside_the_call(monkeypatch):
     from numbaconv.cpu._blas import SMALL_WORK, kernel_threads
 
+    # the small-work rule alone: the free-cores candidate (on by default) would give fewer threads
+    # to large work too while another process holds a core
+    monkeypatch.setattr("numbaconv.cpu._threads._free_cores", False)
     saved = numba.get_num_threads()
     with kernel_threads(SMALL_WORK - 1):
         assert numba.get_num_threads() == 1

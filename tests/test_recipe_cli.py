@@ -32,6 +32,7 @@ def test_recipe_fast_trains_and_resumes(tmp_path):
     assert config["model"]["kind"] == "fast" and config["model"]["smoothing"] == fast["model"]["smoothing"]
     assert config["run"]["recipe"] == "fast" and config["solver"]["update_rule"] == "sgd_nesterov"
     assert config["solver"]["batch_size"] == fast["batch_size"] > 40
+    assert config["solver"]["sampling"] == fast["sampling"]
     history = json.loads((out / "history.json").read_text())
     assert history["epoch"] == [1.0] and len(history["loss"]) == 1   # 40 images < the batch: one step an epoch
 

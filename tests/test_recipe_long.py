@@ -68,6 +68,7 @@ def test_long_recipe_checkpoints_resume_bit_identical_and_evaluate(tmp_path):
                      schedule=hooks["schedule"], augment=hooks["augment"])
     resumed.load_state_dict(ck.solver_state)
     assert resumed.lookahead_every == 5 and resumed.augment_seed == solver.augment_seed
+    assert resumed.sampling == solver.sampling == "epochs" and resumed.shuffle_seed == solver.shuffle_seed
     resumed.train()
     want, got = solver.training_weights(), resumed.training_weights()
     for k in want[0]:
@@ -129,3 +130,6 @@ def test_torch_recipe_follows_the_long_recipe():
     for i in range(5):
         assert np.isfinite(rec.step(i / 10))
     assert rec.slow is not None and 0.0 <= rec.accuracy(data["X_val"], data["y_val"]) <= 1.0
+    # the Solver's minibatches: its shuffle seed for this seed, each image once an epoch
+    _, solver = recipe_solver("long", data, time_budget=None, seed=0, num_classes=3, model_overrides=SMALL, verbose=False)
+    assert rec.sampling == solver.sampling == "epochs" and rec.shuffle_seed == solver.shuffle_seed

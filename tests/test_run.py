@@ -50,6 +50,9 @@ def test_spec_round_trips_through_json():
     ({"resume": "x/last.h5", "filters": "8"}, "filters cannot be given with resume"),
     ({"model": "three-layer", "pools": "0"}, "pools and batchnorm apply to model deep only"),
     ({"model": "three-layer", "filters": "4,8"}, "filters for three-layer is one number"),
+    ({"sampling": "shuffle"}, "sampling must be one of replacement, epochs, got 'shuffle'"),
+    ({"recipe": "long", "sampling": "epochs"}, "sampling cannot be given with recipe long: the recipe sets them"),
+    ({"resume": "x/last.h5", "sampling": "epochs"}, "sampling cannot be given with resume"),
 ])
 def test_spec_from_options_names_the_bad_key(options, message):
     base = {"out": "runs/a"} if "resume" in options else {"out": "runs/a", "epochs": 1}
@@ -152,6 +155,24 @@ def test_cli_choices_and_recipe_help_come_from_the_registries():
     assert fast["pad"] == 1 and fast["model"]["tta_shift"] == 1
     assert "augmentation: random flips and 1-pixel shifts, test-time: mirror and 1-pixel shifts;" in describe_recipe("fast")
     assert "augmentation: random flips, test-time: mirror and 1-pixel shifts;" in describe_recipe({**fast, "pad": 0})
+
+
+def test_epoch_sampling_is_recorded_and_resumed(tmp_path):
+    # --sampling epochs reaches the Solver, config.json and the checkpoint: a run stopped after one
+    # epoch and resumed to two ends with the weights of one that ran two.
+    spec = {**TINY, "sampling": "epochs"}
+    whole = execute(spec_from_options({**spec, "out": str(tmp_path / "whole"), "epochs": 2}))
+    config = json.loads((Path(whole.run_dir) / "config.json").read_text())
+    assert config["run"]["sampling"] == config["solver"]["sampling"] == "epochs"
+    half = execute(spec_from_options({**spec, "out": str(tmp_path / "half"), "epochs": 1}))
+    resumed = execute(RunSpec.from_dict({"out": str(tmp_path / "half"), "resume": str(Path(half.run_dir) / "last.h5"),
+                                         "epochs": 2}))
+    assert json.loads((Path(resumed.run_dir) / "config.json").read_text())["solver"]["sampling"] == "epochs"
+    a, b = _params(Path(whole.run_dir) / "last.h5"), _params(Path(resumed.run_dir) / "last.h5")
+    assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+    other = execute(spec_from_options({**TINY, "out": str(tmp_path / "other"), "epochs": 2}))   # with replacement
+    c = _params(Path(other.run_dir) / "last.h5")
+    assert any(not np.array_equal(a[k], c[k]) for k in a)
 
 
 def test_resume_keeps_the_checkpoints_backend_unless_one_is_given(tmp_path):

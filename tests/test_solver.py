@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from numbaconv.models import DeepConvNet
-from numbaconv.solver import NonFiniteLossError, Solver
+from numbaconv.solver import NonFiniteLossError, Solver, epoch_permutation, stream_seeds
 
 TINY = dict(input_dims=(3, 4, 4), num_filters=[3, 4], max_pools=[0, 1], batchnorm=True,
             weight_scale="kaiming", backend="reference", seed=0)
@@ -208,6 +208,7 @@ def test_checkpoint_name_writes_every_epoch(tmp_path):
     ({"num_epochs": 2.5}, "num_epochs must be a positive integer"),
     ({"lr_decay": 1.5}, r"lr_decay must be in \(0, 1\]"),
     ({"num_val_samples": -3}, "num_val_samples must be a positive integer or None"),
+    ({"sampling": "shuffle"}, "sampling must be one of 'replacement', 'epochs', got 'shuffle'"),
 ])
 def test_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
@@ -244,3 +245,65 @@ def test_warmup_changes_nothing_and_runs_once_before_a_time_limit(monkeypatch):
     s.num_epochs = 4
     s.train(time_limit=1e6)
     assert calls == [1] and s.iteration == 16
+
+
+def _indices_seen(**kw):
+    """The image indices of every minibatch a 3-epoch run on 18 images (batch 4) draws."""
+    seen = []
+
+    def record(X, y, rng, index=None, epoch=None, seed=None):
+        seen.append((epoch, list(index)))
+        return X, y
+
+    record.per_image = True
+    solver = Solver(DeepConvNet(**TINY), _data(n_train=18), augment=record, **{**KW, **kw})
+    solver.train()
+    return solver, seen
+
+
+def test_epoch_sampling_takes_each_image_once_an_epoch():
+    solver, seen = _indices_seen(sampling="epochs")
+    assert solver.iterations_per_epoch == 4 and [e for e, _ in seen] == [0] * 4 + [1] * 4 + [2] * 4
+    orders = []
+    for e in range(3):
+        order = sum((idx for epoch, idx in seen if epoch == e), [])
+        assert len(order) == len(set(order)) == 16 and set(order) <= set(range(18))   # 2 of 18 left out
+        orders.append(order)
+        np.testing.assert_array_equal(order, epoch_permutation(solver.shuffle_seed, e, 18)[:16])
+    assert orders[0] != orders[1] != orders[2]                        # a fresh shuffle each epoch
+    assert _indices_seen(sampling="epochs")[1] == seen                 # the seed decides
+    assert _indices_seen(sampling="epochs", seed=2)[1] != seen
+    # the default, the assignment's: drawn with replacement, an image may come twice in an epoch
+    replacement = _indices_seen()[1]
+    assert any(len(set(sum((i for e, i in replacement if e == k), []))) < 16 for k in range(3))
+
+
+def test_epoch_sampling_resumes_exactly_and_is_kept_in_the_state():
+    full = _uninterrupted(sampling="epochs")
+
+    def stop(s):
+        if s.iteration == 6:
+            raise KeyboardInterrupt
+
+    part = Solver(DeepConvNet(**TINY), _data(), on_iteration=stop, **{**KW, "sampling": "epochs"})
+    with pytest.raises(KeyboardInterrupt):
+        part.train()
+    resumed = _resume_from(part)   # a Solver made with the default sampling and another seed
+    assert resumed.sampling == "epochs" and resumed.shuffle_seed == part.shuffle_seed
+    _assert_same_run(full, resumed)
+    # a checkpoint from before the option trained with replacement, and resumes so
+    state = part.state_dict()
+    for key in ("sampling", "shuffle_seed"):
+        del state["settings"][key]
+    old = Solver(DeepConvNet(**TINY), _data(), **{**KW, "sampling": "epochs"})
+    old.load_state_dict(state)
+    assert old.sampling == "replacement"
+
+
+def test_stream_seeds_keep_the_earlier_streams():
+    """The shuffle seed came last: the generators and augment seed of a seed are what they were."""
+    old_train, old_eval, old_aug = np.random.SeedSequence(5).spawn(3)
+    train, evals, aug, shuffle = stream_seeds(5)
+    assert train.generate_state(4).tolist() == old_train.generate_state(4).tolist()
+    assert evals.generate_state(4).tolist() == old_eval.generate_state(4).tolist()
+    assert aug == int(old_aug.generate_state(1, dtype=np.uint32)[0]) and shuffle != aug

@@ -13,7 +13,7 @@ from rich.table import Table
 from numbaconv.recipe import RECIPES, describe_recipe
 from numbaconv.run import MODEL_KINDS
 
-from ..choices import Backend, DType, Optimizer, Recipe, registry_choice
+from ..choices import Backend, DType, Optimizer, Recipe, Sampling, registry_choice
 from ..console import console, fail
 
 ModelKind = registry_choice("ModelKind", MODEL_KINDS)
@@ -145,6 +145,9 @@ def train(
     lr_decay: Optional[float] = typer.Option(None, help="Learning rate factor per epoch (default 1.0)."),
     batch_size: Optional[int] = typer.Option(None, help="Minibatch size, at most the training images (default 128, or all "
                                             "the training images if fewer)."),
+    sampling: Optional[Sampling] = typer.Option(None, help="How minibatches are drawn: replacement (default, the "
+                                                "assignment's: each at random, with replacement) or epochs (a fresh "
+                                                "shuffle each epoch: every image once)."),
     reg: Optional[float] = typer.Option(None, help="L2 strength: loss += reg * sum(W**2) (default 0)."),
     weight_scale: Optional[str] = typer.Option(None, help="Initial weight std, or 'kaiming' (default)."),
     num_train: Optional[int] = typer.Option(None, help="Use only the first N training images."),
