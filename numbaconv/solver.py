@@ -292,6 +292,14 @@ def epoch_minibatch(shuffle_seed: int, step: int, n: int, batch_size: int) -> np
     return epoch_permutation(shuffle_seed, epoch, n)[j * batch_size:(j + 1) * batch_size]
 
 
+def minibatch_indices(sampling: str, step: int, n: int, batch_size: int, rng, shuffle_seed: int) -> np.ndarray:
+    """The images of step ``step`` under ``sampling`` (module docstring): "replacement" draws them from
+    ``rng``, "epochs" takes ``epoch_minibatch``. The Solver's rule, also followed by numbaconv.torch_recipe."""
+    if sampling == "replacement":
+        return rng.choice(n, batch_size)
+    return epoch_minibatch(shuffle_seed, step, n, batch_size)
+
+
 class Solver:
     """Trains a model (``params``, ``loss(X, y=None)``) on ``data`` (a dict or an
     object with X_train, y_train, X_val, y_val).
@@ -461,13 +469,6 @@ class Solver:
             kwargs["backend"] = self.model.backend
         return kwargs
 
-    def _batch_indices(self) -> np.ndarray:
-        """The images of the next step's minibatch (see ``sampling``)."""
-        N = self.X_train.shape[0]
-        if self.sampling == "replacement":
-            return self.rng.choice(N, self.batch_size)
-        return epoch_minibatch(self.shuffle_seed, self.iteration, N, self.batch_size)
-
     def _minibatch(self, idx):
         """The step's (X, y) for indices idx, augmented. On the device: the augmentation's draws
         (made here with the Solver's generator, in the host path's order) go up with the indices."""
@@ -568,7 +569,8 @@ class Solver:
         try:
             if self.schedule is not None:
                 self.schedule(self)
-            idx = self._batch_indices()
+            idx = minibatch_indices(self.sampling, self.iteration, self.X_train.shape[0], self.batch_size, self.rng,
+                                    self.shuffle_seed)
             X_batch, y_batch = self._minibatch(idx)
             loss, grads = self.model.loss(X_batch, y_batch)
             if not math.isfinite(loss):

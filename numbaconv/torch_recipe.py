@@ -120,12 +120,10 @@ class TorchRecipe:
         lr = self.sched.peak_lr if progress is None else self.sched.peak_lr * self.sched.factor(progress)
         for g in self.opt.param_groups:
             g["lr"] = lr * g["lr_scale"]
-        if self.sampling == "epochs":
-            from .solver import epoch_minibatch
+        from .solver import minibatch_indices   # here, as in __init__: importing this module starts nothing
 
-            idx = epoch_minibatch(self.shuffle_seed, self.steps, self.X.shape[0], self.batch_size)
-        else:
-            idx = self.rng.choice(self.X.shape[0], self.batch_size)
+        idx = minibatch_indices(self.sampling, self.steps, self.X.shape[0], self.batch_size, self.rng,
+                                self.shuffle_seed)
         if getattr(self.augment, "per_image", False):
             xb, yb = self.augment(self.X[idx], self.y[idx], self.rng, index=idx,
                                   epoch=self.steps // self.iterations_per_epoch, seed=self.augment_seed)
