@@ -233,6 +233,17 @@ def test_conv_on_wide_maps_matches_reference(every_layer, dtype, H):
     _check_against_reference(x, w, b, 1, dtype, rng, every_layer)
 
 
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("H", [7, 8, 15, 31, 32])   # 16 above: the widths F(4x4)'s row moves compile on their own
+def test_f4_on_the_map_widths_compiled_on_their_own(monkeypatch, dtype, H):
+    monkeypatch.setattr(winograd, "MIN_CHANNELS", 1)
+    monkeypatch.setattr(winograd, "F4_RULES", ((1, 1, 10**6),))
+    rng = np.random.default_rng(H)
+    x = rng.standard_normal((2, 2, H, H)).astype(dtype)
+    w, b = rng.standard_normal((3, 2, 3, 3)).astype(dtype), rng.standard_normal(3).astype(dtype)
+    _check_against_reference(x, w, b, 1, dtype, rng, 4)
+
+
 @pytest.mark.parametrize("m", [2, 4])
 def test_results_depend_on_the_planned_chunks_not_the_running_threads(m):
     # 3 chunks of images, each with its partial dU and db, summed in chunk order: the same bits on

@@ -23,6 +23,7 @@ from numba import njit, prange
 
 from ._gemm import gemm
 from ._reduce import row_total
+from ._shuffles import add_tile_row, join_output_row, split_output_row, split_tile_row
 
 # Weight transforms U = G w G^T, one per tile size m (outputs per tile side; input tiles are m + 2).
 # F(2x2): points {0, 1, -1, inf}.
@@ -635,9 +636,74 @@ def _rows_6x4(S, src, s0, s_step, dst, d0, d_step, cols):
         y5[j] = a50 * v0 + a51 * v1 + a52 * v2 + a53 * v3
 
 
-# The input gather and the input adjoint's scatter go a tile at a time with fixed 6x6 inner loops
-# (unrolled): loops over a row of tiles run only 1-8 times on these maps (a gather a map row at a time
-# measured no faster). The output scatter and the dout gather go a map row at a time (see there)
+# The moves between map rows and tile planes (a scalar loop each: a load and a store per element,
+# ~60% of these transforms' time) go through _shuffles' vector shuffles, a map row at a time; the
+# loop after each `if not` is for tile rows those do not take. The loops over a map's rows are
+# compiled once per common tile-row width (tw, or the map's width W_out, a constant in each `if`
+# branch of the callers): with the width a runtime value the same loops ran 1.7x slower (measured,
+# the input transform of 32->64 @ 16x16, 64 images, one thread: 0.89 ms against 0.52). With both,
+# that transform went from 0.83 to 0.52 ms
+
+@njit(cache=True, inline="always")
+def _gather_tiles(xpad, th, tw, V, base):
+    # V[c, 6k + l, base + i*tw + j] = xpad[c, 4i + k, 4j + l]: the 6x6 tiles of one padded image
+    C, PH, PW = xpad.shape
+    ld = V.shape[2]
+    for c in range(C):
+        for i in range(th):
+            col = base + i * tw
+            for k in range(6):   # map row 4i + k: row k of each of the tile row's tiles
+                if not split_tile_row(xpad, (c * PH + 4 * i + k) * PW, V, (c * 36 + 6 * k) * ld + col, ld, tw):
+                    row = xpad[c, 4 * i + k]
+                    for l in range(6):
+                        for j in range(tw):
+                            V[c, 6 * k + l, col + j] = row[4 * j + l]
+
+
+@njit(cache=True, inline="always")
+def _add_tiles(dV, th, tw, base, dxpad):
+    # dxpad[c, 4i + k, 4j + l] += dV[c, 6k + l, base + i*tw + j]: the adjoint of _gather_tiles
+    C, PH, PW = dxpad.shape
+    ld = dV.shape[2]
+    for c in range(C):
+        for i in range(th):
+            col = base + i * tw
+            for k in range(6):
+                if not add_tile_row(dV, (c * 36 + 6 * k) * ld + col, ld, dxpad, (c * PH + 4 * i + k) * PW, tw):
+                    row = dxpad[c, 4 * i + k]
+                    for j in range(tw):
+                        for l in range(6):
+                            row[4 * j + l] += dV[c, 6 * k + l, col + j]
+
+
+@njit(cache=True, inline="always")
+def _join_rows(Q, col0, th, tw, H_out, W_out, bf, o):
+    # the map o (H_out*W_out) = A^T m A + bf, Q[4r + c, col0 + i*tw + j] being output (r, c) of tile
+    # (i, j); rows and columns past the map are dropped
+    cols = Q.shape[1]
+    for i in range(th):
+        col = col0 + i * tw
+        for r in range(min(4, H_out - 4 * i)):
+            # output row 4i + r: the tiles' r-th rows side by side, Q[4r..4r+3] interleaved
+            row = (4 * i + r) * W_out
+            if not join_output_row(Q, 4 * r * cols + col, cols, bf, o, row, W_out):
+                for x in range(W_out):
+                    o[row + x] = Q[4 * r + x % 4, col + x // 4] + bf
+
+
+@njit(cache=True, inline="always")
+def _split_rows(d, th, tw, H_out, W_out, P, col0):
+    # P[4r + c, col0 + i*tw + j] = element (4i + r, 4j + c) of the map d (H_out*W_out): the adjoint of
+    # _join_rows without the bias (positions past the map are left as they are)
+    cols = P.shape[1]
+    for i in range(th):
+        col = col0 + i * tw
+        for r in range(min(4, H_out - 4 * i)):
+            row = (4 * i + r) * W_out
+            if not split_output_row(d, row, P, 4 * r * cols + col, cols, W_out):
+                for x in range(W_out):
+                    P[4 * r + x % 4, col + x // 4] = d[row + x]
+
 
 @njit(cache=True)
 def _in_block4(x, n0, n1, pad, th, tw, xpad, V):
@@ -649,15 +715,14 @@ def _in_block4(x, n0, n1, pad, th, tw, xpad, V):
     for n in range(n0, n1):
         _pad_copy(x[n], pad, xpad)
         base = (n - n0) * T
-        for c in range(C):
-            xc, Vc = xpad[c], V[c]
-            for i in range(th):
-                for j in range(tw):
-                    col = base + i * tw + j
-                    for k in range(6):
-                        row = xc[4 * i + k]
-                        for l in range(6):
-                            Vc[6 * k + l, col] = row[4 * j + l]
+        if tw == 4:   # tile-row widths of 13-16, 29-32 and 5-8 wide maps compiled on their own
+            _gather_tiles(xpad, th, 4, V, base)
+        elif tw == 8:
+            _gather_tiles(xpad, th, 8, V, base)
+        elif tw == 2:
+            _gather_tiles(xpad, th, 2, V, base)
+        else:
+            _gather_tiles(xpad, th, tw, V, base)
     t = np.empty((36, cols), dtype=V.dtype)
     for c in range(C):
         for l in range(6):   # B^T d down each column
@@ -682,15 +747,14 @@ def _in_block4_adjoint(dV, n0, n1, th, tw, pad, dxpad, dx):
     for n in range(n0, n1):
         dxpad[:] = 0
         base = (n - n0) * T
-        for c in range(C):
-            xc, g = dxpad[c], dV[c]
-            for i in range(th):
-                for j in range(tw):
-                    col = base + i * tw + j
-                    for k in range(6):
-                        row = xc[4 * i + k]
-                        for l in range(6):
-                            row[4 * j + l] += g[6 * k + l, col]
+        if tw == 4:   # as in _in_block4
+            _add_tiles(dV, th, 4, base, dxpad)
+        elif tw == 8:
+            _add_tiles(dV, th, 8, base, dxpad)
+        elif tw == 2:
+            _add_tiles(dV, th, 2, base, dxpad)
+        else:
+            _add_tiles(dV, th, tw, base, dxpad)
         _crop_copy(dxpad, pad, dx[n])
 
 
@@ -703,7 +767,6 @@ def _out_block4(M, n0, n1, th, tw, H_out, W_out, b, out):
     cols = (n1 - n0) * T
     t = np.empty((24, cols), dtype=M.dtype)
     Q = np.empty((16, cols), dtype=M.dtype)
-    full = np.uint64(W_out // 4)   # tiles whose 4 columns all lie in the map
     for f in range(F):
         for l in range(6):   # A^T m down each column: t[6r + l]
             _rows_4x6(AT4, M[f], l, 6, t, l, 6, cols)
@@ -711,23 +774,21 @@ def _out_block4(M, n0, n1, th, tw, H_out, W_out, b, out):
             _rows_4x6(AT4, t, 6 * r, 1, Q, 4 * r, 1, cols)
         bf = b[f]
         for n in range(n0, n1):
-            o = out[n, f]
-            base = (n - n0) * T
-            for i in range(th):
-                col = base + i * tw
-                for r in range(min(4, H_out - 4 * i)):
-                    # output row 4i + r: the tiles' r-th rows side by side, a 4-way interleave of
-                    # Q[4r..4r+3] in one loop over the row's tiles (measured 8-15% faster, one thread,
-                    # 16x16 maps, than the loop per tile and row it replaced; the same at 8x8)
-                    orow = o[(4 * i + r) * W_out:]
-                    q0, q1, q2, q3 = Q[4 * r, col:], Q[4 * r + 1, col:], Q[4 * r + 2, col:], Q[4 * r + 3, col:]
-                    for j in range(full):
-                        orow[4 * j] = q0[j] + bf
-                        orow[4 * j + 1] = q1[j] + bf
-                        orow[4 * j + 2] = q2[j] + bf
-                        orow[4 * j + 3] = q3[j] + bf
-                    for c in range(W_out - 4 * full):   # the last tile's columns inside the map
-                        orow[4 * full + c] = Q[4 * r + c, col + full] + bf
+            o, base = out[n, f], (n - n0) * T
+            if W_out == 16:   # the map widths the nets use, each compiled on its own (see above)
+                _join_rows(Q, base, th, tw, H_out, 16, bf, o)
+            elif W_out == 8:
+                _join_rows(Q, base, th, tw, H_out, 8, bf, o)
+            elif W_out == 32:
+                _join_rows(Q, base, th, tw, H_out, 32, bf, o)
+            elif W_out == 15:
+                _join_rows(Q, base, th, tw, H_out, 15, bf, o)
+            elif W_out == 31:
+                _join_rows(Q, base, th, tw, H_out, 31, bf, o)
+            elif W_out == 7:
+                _join_rows(Q, base, th, tw, H_out, 7, bf, o)
+            else:
+                _join_rows(Q, base, th, tw, H_out, W_out, bf, o)
 
 
 @njit(cache=True)
@@ -739,25 +800,23 @@ def _dout_block4(dout, n0, n1, th, tw, H_out, W_out, dM):
     cols = (n1 - n0) * T
     t = np.empty((24, cols), dtype=dM.dtype)
     P = np.zeros((16, cols), dtype=dM.dtype)   # tile positions past the map stay zero
-    full = np.uint64(W_out // 4)   # tiles whose 4 columns all lie in the map
     for f in range(F):
         for n in range(n0, n1):
-            d = dout[n, f]
-            base = (n - n0) * T
-            for i in range(th):
-                col = base + i * tw
-                for r in range(min(4, H_out - 4 * i)):
-                    # row 4i + r of the map into the tiles' r-th rows: split 4 ways into
-                    # P[4r..4r+3] in one loop over the row's tiles (as in _out_block4; measured 6-8%)
-                    drow = d[(4 * i + r) * W_out:]
-                    p0, p1, p2, p3 = P[4 * r, col:], P[4 * r + 1, col:], P[4 * r + 2, col:], P[4 * r + 3, col:]
-                    for j in range(full):
-                        p0[j] = drow[4 * j]
-                        p1[j] = drow[4 * j + 1]
-                        p2[j] = drow[4 * j + 2]
-                        p3[j] = drow[4 * j + 3]
-                    for c in range(W_out - 4 * full):
-                        P[4 * r + c, col + full] = drow[4 * full + c]
+            d, base = dout[n, f], (n - n0) * T
+            if W_out == 16:   # as in _out_block4
+                _split_rows(d, th, tw, H_out, 16, P, base)
+            elif W_out == 8:
+                _split_rows(d, th, tw, H_out, 8, P, base)
+            elif W_out == 32:
+                _split_rows(d, th, tw, H_out, 32, P, base)
+            elif W_out == 15:
+                _split_rows(d, th, tw, H_out, 15, P, base)
+            elif W_out == 31:
+                _split_rows(d, th, tw, H_out, 31, P, base)
+            elif W_out == 7:
+                _split_rows(d, th, tw, H_out, 7, P, base)
+            else:
+                _split_rows(d, th, tw, H_out, W_out, P, base)
         for c in range(4):   # A dY down each column: t[4a + c]
             _rows_6x4(A4, P, c, 4, t, c, 4, cols)
         for a in range(6):   # then along each row
