@@ -98,6 +98,19 @@ def test_split_output_row_fills_past_the_map_with_zeros(dtype, width):
     np.testing.assert_array_equal(dst, want)
 
 
+@njit
+def _split_tile_row_uint(src, dst, tw):
+    # offsets as unsigned and 32-bit integers (the kernels index with np.uint64 in places)
+    return _shuffles.split_tile_row(src, np.uint64(S0), dst, np.int32(D0), np.uint64(STEP), np.int32(tw))
+
+
+def test_offsets_of_any_integer_type():
+    src, dst = _arrays(np.float32, 1)
+    want = dst.copy()
+    assert _split_tile_row_uint(src, dst, 4) and _split_tile_row(src, want, 4)
+    np.testing.assert_array_equal(dst, want)
+
+
 def test_arrays_that_are_not_contiguous_are_declined():
     # element offsets mean nothing in a strided view: the caller's loop must run instead
     src, dst = _arrays(np.float32, 0)

@@ -5,8 +5,8 @@ the k-th rows of a row of 6x6 input tiles that start 4 columns apart, so a tile 
 4th element of it. Written as scalar loops those moves were ~60% of the transforms' time (one load
 and one store per element); LLVM does not turn the stride-4 pattern into shuffles by itself (and
 on this CPU it will not use gathers). Here each move is one vector load, a few shuffles and vector
-stores: a map row is loaded whole, permuted so that each tile plane's lanes lie together, and
-each plane's run stored at once (or the reverse).
+stores: a map row is loaded whole and each tile plane's run is picked out of it by one shuffle
+and stored at once (or the reverse: the runs joined into a row, added or stored at once).
 
 Each function handles the tile-row widths of the maps F(4x4) is used on (``TILE_COLS`` tiles a
 row; the vector lengths are fixed at compile time, so each width is its own case of a switch) and
@@ -43,21 +43,6 @@ def _store(context, builder, arrty, arr, offset, value):
 def _shuffle(builder, a, b, lanes):
     """Lanes of a (indices < len(a)) and b (from len(a) on), in the order given."""
     return builder.shuffle_vector(a, b, ir.Constant(ir.VectorType(_I32, len(lanes)), list(lanes)))
-
-
-def _kept(builder, v):
-    """v, through an empty asm: LLVM cannot merge the shuffles before and after it. Without it, it
-    folds "permute a row once, then take runs of lanes" back into one permute per run (measured, tile
-    rows of 8: the input gather 2.31 ms with the folds, 2.06 without). The asm takes register-sized
-    vectors (16, 32 or 64 bytes) or 64-byte pieces of longer ones; other lengths are left to LLVM."""
-    size = v.type.count * (4 if isinstance(v.type.element, ir.FloatType) else 8)
-    if size in (16, 32, 64):
-        return builder.asm(ir.FunctionType(v.type, [v.type]), "", "=v,0", [v], False)
-    if size % 64:
-        return v
-    lanes = v.type.count * 64 // size
-    return _concat(builder, [_kept(builder, _shuffle(builder, v, v, range(i, i + lanes)))
-                             for i in range(0, v.type.count, lanes)])
 
 
 def _concat(builder, parts):
@@ -97,9 +82,17 @@ def _switch(builder, value, keys, emit):
     return phi
 
 
-def _float_arrays(*arrays):
+def _typed(arrays, integers):
+    """Two arrays of one float dtype and integer offsets, steps and widths: the types these take."""
     dtype = arrays[0].dtype
-    return all(isinstance(a, types.Array) and a.dtype == dtype for a in arrays) and dtype in (types.float32, types.float64)
+    return (all(isinstance(a, types.Array) and a.dtype == dtype for a in arrays) and dtype in (types.float32, types.float64)
+            and all(isinstance(i, types.Integer) for i in integers))
+
+
+def _args(context, builder, sig, args):
+    """The arguments, integers cast to intp (so offsets of any integer type add up)."""
+    return [context.cast(builder, v, t, types.intp) if isinstance(t, types.Integer) else v
+            for v, t in zip(args, sig.args)]
 
 
 def _contiguous(*arrays):
@@ -117,19 +110,16 @@ def split_tile_row(typingctx, src, s0, dst, d0, d_step, tw):
     """dst[d0 + l*d_step + j] = src[s0 + 4j + l] for l < 6, j < tw: a map row of 4tw + 2 elements
     from s0 into the 6 planes of a row of tw 6-wide tiles 4 apart (the F(4x4) input gather). True
     where tw is one of TILE_COLS."""
-    if not _float_arrays(src, dst):
+    if not _typed((src, dst), (s0, d0, d_step, tw)):
         return None
 
     def codegen(context, builder, sig, args):
-        srcv, s0v, dstv, d0v, stepv, twv = args
+        srcv, s0v, dstv, d0v, stepv, twv = _args(context, builder, sig, args)
 
         def emit(n):
             row = _load(context, builder, sig.args[0], srcv, s0v, 4 * n + 2)
-            first = _kept(builder, _shuffle(builder, row, row, [4 * j + l for l in range(4) for j in range(n)]))
-            last = _kept(builder, _shuffle(builder, row, row, [4 * j + l for l in (4, 5) for j in range(n)]))
             for l in range(6):
-                part, at = (first, l * n) if l < 4 else (last, (l - 4) * n)
-                plane = _shuffle(builder, part, part, range(at, at + n))
+                plane = _shuffle(builder, row, row, [4 * j + l for j in range(n)])
                 _store(context, builder, sig.args[2], dstv, builder.add(d0v, builder.mul(stepv, ir.Constant(stepv.type, l))),
                        plane)
         return _switch(builder, twv, TILE_COLS, emit)
@@ -142,17 +132,17 @@ def add_tile_row(typingctx, src, s0, s_step, dst, d0, tw):
     6-wide tiles 4 apart added onto a map row of 4tw + 2 elements from d0 (the adjoint of
     split_tile_row; where tiles overlap, ((row + planes 0-3) + planes 4-5)). True where tw is one of
     TILE_COLS."""
-    if not _float_arrays(src, dst):
+    if not _typed((src, dst), (s0, s_step, d0, tw)):
         return None
 
     def codegen(context, builder, sig, args):
-        srcv, s0v, stepv, dstv, d0v, twv = args
+        srcv, s0v, stepv, dstv, d0v, twv = _args(context, builder, sig, args)
 
         def emit(n):
             planes = [_load(context, builder, sig.args[0], srcv, builder.add(s0v, builder.mul(stepv, ir.Constant(stepv.type, l))), n)
                       for l in range(6)]
-            first = _kept(builder, _concat(builder, planes[:4]))    # lane l*n + j: plane l, tile j
-            last = _kept(builder, _concat(builder, planes[4:]))
+            first = _concat(builder, planes[:4])    # lane l*n + j: plane l, tile j
+            last = _concat(builder, planes[4:])
             zero = ir.Constant(first.type, None)
             width = 4 * n + 2
             # map element 4j + l (l < 4) from plane l; 4j + 4 and 4j + 5 from planes 4 and 5; zeros elsewhere
@@ -172,11 +162,11 @@ def join_output_row(typingctx, src, s0, s_step, bias, dst, d0, width):
     """dst[d0 + 4j + c] = src[s0 + c*s_step + j] + bias for 4j + c < width: 4 planes of a row of
     ceil(width / 4) output tiles interleaved into one map row of ``width`` elements (the F(4x4)
     output scatter). True where ceil(width / 4) is one of TILE_COLS."""
-    if not _float_arrays(src, dst) or not isinstance(bias, types.Float):
+    if not _typed((src, dst), (s0, s_step, d0, width)) or not isinstance(bias, types.Float):
         return None
 
     def codegen(context, builder, sig, args):
-        srcv, s0v, stepv, biasv, dstv, d0v, widthv = args
+        srcv, s0v, stepv, biasv, dstv, d0v, widthv = _args(context, builder, sig, args)
         elem = context.get_value_type(sig.args[0].dtype)
         biasv = context.cast(builder, biasv, sig.args[3], sig.args[0].dtype)
 
@@ -184,7 +174,7 @@ def join_output_row(typingctx, src, s0, s_step, bias, dst, d0, width):
             n = -(-w // 4)
             planes = [_load(context, builder, sig.args[0], srcv, builder.add(s0v, builder.mul(stepv, ir.Constant(stepv.type, c))), n)
                       for c in range(4)]
-            tiles = _kept(builder, _concat(builder, planes))   # lane c*n + j: column c of tile j
+            tiles = _concat(builder, planes)   # lane c*n + j: column c of tile j
             row = _shuffle(builder, tiles, tiles, [(p % 4) * n + p // 4 for p in range(w)])
             splat = builder.insert_element(ir.Constant(ir.VectorType(elem, w), None), biasv, ir.Constant(_I32, 0))
             splat = _shuffle(builder, splat, splat, [0] * w)
@@ -199,20 +189,18 @@ def split_output_row(typingctx, src, s0, dst, d0, d_step, width):
     / 4): a map row of ``width`` elements into the 4 planes of its row of output tiles (the adjoint of
     join_output_row without the bias: the F(4x4) dout gather). True where ceil(width / 4) is one of
     TILE_COLS."""
-    if not _float_arrays(src, dst):
+    if not _typed((src, dst), (s0, d0, d_step, width)):
         return None
 
     def codegen(context, builder, sig, args):
-        srcv, s0v, dstv, d0v, stepv, widthv = args
+        srcv, s0v, dstv, d0v, stepv, widthv = _args(context, builder, sig, args)
 
         def emit(w):
             n = -(-w // 4)
             row = _load(context, builder, sig.args[0], srcv, s0v, w)
             zero = ir.Constant(row.type, None)
-            tiles = _kept(builder, _shuffle(builder, row, zero, [4 * j + c if 4 * j + c < w else w
-                                                                  for c in range(4) for j in range(n)]))
             for c in range(4):
-                plane = _shuffle(builder, tiles, tiles, range(c * n, c * n + n))
+                plane = _shuffle(builder, row, zero, [4 * j + c if 4 * j + c < w else w for j in range(n)])
                 _store(context, builder, sig.args[2], dstv, builder.add(d0v, builder.mul(stepv, ir.Constant(stepv.type, c))),
                        plane)
         return _switch(builder, widthv, range(1, 4 * TILE_COLS[-1] + 1), emit)
