@@ -40,6 +40,11 @@ def _store(context, builder, arrty, arr, offset, value):
                   align=arrty.dtype.bitwidth // 8)
 
 
+def _nth(builder, start, step, k):
+    """start + k*step: the offset of the k-th of a run of planes ``step`` elements apart."""
+    return builder.add(start, builder.mul(step, ir.Constant(step.type, k)))
+
+
 def _shuffle(builder, a, b, lanes):
     """Lanes of a (indices < len(a)) and b (from len(a) on), in the order given."""
     return builder.shuffle_vector(a, b, ir.Constant(ir.VectorType(_I32, len(lanes)), list(lanes)))
@@ -120,8 +125,7 @@ def split_tile_row(typingctx, src, s0, dst, d0, d_step, tw):
             row = _load(context, builder, sig.args[0], srcv, s0v, 4 * n + 2)
             for l in range(6):
                 plane = _shuffle(builder, row, row, [4 * j + l for j in range(n)])
-                _store(context, builder, sig.args[2], dstv, builder.add(d0v, builder.mul(stepv, ir.Constant(stepv.type, l))),
-                       plane)
+                _store(context, builder, sig.args[2], dstv, _nth(builder, d0v, stepv, l), plane)
         return _switch(builder, twv, TILE_COLS, emit)
     return types.boolean(src, s0, dst, d0, d_step, tw), codegen if _contiguous(src, dst) else _declined
 
@@ -139,7 +143,7 @@ def add_tile_row(typingctx, src, s0, s_step, dst, d0, tw):
         srcv, s0v, stepv, dstv, d0v, twv = _args(context, builder, sig, args)
 
         def emit(n):
-            planes = [_load(context, builder, sig.args[0], srcv, builder.add(s0v, builder.mul(stepv, ir.Constant(stepv.type, l))), n)
+            planes = [_load(context, builder, sig.args[0], srcv, _nth(builder, s0v, stepv, l), n)
                       for l in range(6)]
             first = _concat(builder, planes[:4])    # lane l*n + j: plane l, tile j
             last = _concat(builder, planes[4:])
@@ -172,7 +176,7 @@ def join_output_row(typingctx, src, s0, s_step, bias, dst, d0, width):
 
         def emit(w):
             n = -(-w // 4)
-            planes = [_load(context, builder, sig.args[0], srcv, builder.add(s0v, builder.mul(stepv, ir.Constant(stepv.type, c))), n)
+            planes = [_load(context, builder, sig.args[0], srcv, _nth(builder, s0v, stepv, c), n)
                       for c in range(4)]
             tiles = _concat(builder, planes)   # lane c*n + j: column c of tile j
             row = _shuffle(builder, tiles, tiles, [(p % 4) * n + p // 4 for p in range(w)])
@@ -201,7 +205,6 @@ def split_output_row(typingctx, src, s0, dst, d0, d_step, width):
             zero = ir.Constant(row.type, None)
             for c in range(4):
                 plane = _shuffle(builder, row, zero, [4 * j + c if 4 * j + c < w else w for j in range(n)])
-                _store(context, builder, sig.args[2], dstv, builder.add(d0v, builder.mul(stepv, ir.Constant(stepv.type, c))),
-                       plane)
+                _store(context, builder, sig.args[2], dstv, _nth(builder, d0v, stepv, c), plane)
         return _switch(builder, widthv, range(1, 4 * TILE_COLS[-1] + 1), emit)
     return types.boolean(src, s0, dst, d0, d_step, width), codegen if _contiguous(src, dst) else _declined

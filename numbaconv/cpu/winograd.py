@@ -694,7 +694,8 @@ def _join_rows(Q, col0, th, tw, H_out, W_out, bf, o):
 @njit(cache=True, inline="always")
 def _split_rows(d, th, tw, H_out, W_out, P, col0):
     # P[4r + c, col0 + i*tw + j] = element (4i + r, 4j + c) of the map d (H_out*W_out): the adjoint of
-    # _join_rows without the bias (positions past the map are left as they are)
+    # _join_rows without the bias (the shuffles write zeros for a row's columns past the map, the loop
+    # leaves them, as it leaves rows past the map: P starts zero)
     cols = P.shape[1]
     for i in range(th):
         col = col0 + i * tw
